@@ -1,0 +1,40 @@
+# mmkd_ros developer commands. Every target builds the project virtual environment first,
+# from the pinned requirements.txt, so a fresh clone needs nothing installed by hand.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_BAG ?= data/demo_bag
+RUNS ?= runs/demo
+
+.PHONY: venv demo test test-fast colcon bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $(STAMP)
+
+## The main job on the embedded default: synthetic bag -> pair dataset -> teacher -> student -> nodes.
+demo: $(STAMP)
+	$(BIN)/python training/demo.py --bag $(DEMO_BAG) --out $(RUNS)
+
+## The whole test suite (real rclpy/DDS, real rosbags, real torch).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q test
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" test
+
+## colcon build into build/ and install/ (what a ROS 2 user does).
+colcon: $(STAMP)
+	source $(BIN)/activate && colcon build --base-paths . --build-base build --install-base install
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf build install log runs data .pytest_cache

@@ -1,0 +1,43 @@
+"""Errors users see: one line that names the thing that is wrong and the fix.
+
+Entry points and nodes catch :class:`MmkdError` and print its message instead of a traceback.
+"""
+
+
+class MmkdError(Exception):
+    """Base class of every user-facing error of mmkd_ros."""
+
+
+class BagError(MmkdError):
+    """A bag is missing, corrupt, lacks a topic, or holds messages we cannot decode."""
+
+
+class DatasetError(MmkdError):
+    """An extracted pair dataset or a folder of image pairs is missing or malformed."""
+
+
+class ConfigError(MmkdError):
+    """A training config or override is unknown or has the wrong type or value."""
+
+
+class CheckpointError(MmkdError):
+    """A checkpoint is unreadable, hostile, or does not match what it is used with."""
+
+
+class ModelLoadError(CheckpointError):
+    """A model file (checkpoint or ONNX) cannot be loaded for inference."""
+
+
+def run_cli(main, argv=None) -> int:
+    """Run ``main(argv)`` and turn an :class:`MmkdError` into ``error: ...`` on stderr, exit 2."""
+    import sys
+
+    try:
+        result = main(argv)
+    except MmkdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if result is None else int(result)
