@@ -12,6 +12,10 @@ class BagError(MmkdError):
     """A bag is missing, corrupt, lacks a topic, or holds messages we cannot decode."""
 
 
+class ImageDecodeError(MmkdError):
+    """An image message or file has an unsupported encoding or truncated/corrupt pixel data."""
+
+
 class DatasetError(MmkdError):
     """An extracted pair dataset or a folder of image pairs is missing or malformed."""
 

@@ -1,0 +1,212 @@
+"""Training configuration: typed frozen dataclasses; defaults, then a YAML file, then ``a.b=value``.
+
+Unknown keys and values of the wrong type are :class:`~mmkd_ros.errors.ConfigError` one-liners
+(a typo such as ``distill.w_adb=0.5`` must not silently train with the default). The resolved
+config is saved with every run and checkpoint (``to_dict``), so a result can be reproduced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmkd_ros.errors import ConfigError
+
+METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How pairs are loaded, split and augmented."""
+
+    input_size: tuple[int, int] = (96, 96)  # (h, w) the models see
+    batch_size: int = 32
+    num_workers: int = 0  # images are cached in memory: workers rarely pay off on 2 cores
+    augment: bool = True
+    class_balanced: bool = False  # sample each class equally often (WeightedRandomSampler)
+    val_fraction: float = 0.15  # used when the manifest has no split column
+    test_fraction: float = 0.15
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The RGB+NIR teacher and its supervised recipe."""
+
+    arch: str = "teacher_resnet18_mid"
+    width: float = 0.5
+    fuse_at: int = 2
+    dropout: float = 0.0
+    epochs: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The RGB-only student."""
+
+    arch: str = "student_mobilenetv3_small"
+    width: float = 0.5
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation recipe: ``L = w_adv*L_GAN + w_ce*L_CE (+ w_kd*L_KD + w_feat*L_feat)``."""
+
+    method: Literal["ce", "kd", "feat_l2", "adv", "adv+kd"] = "adv"
+    epochs: int = 10
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.0
+    w_ce: float = 1.0
+    w_adv: float = 0.5
+    w_kd: float = 1.0
+    w_feat: float = 1.0
+    kd_temperature: float = 4.0
+    gan_loss: Literal["nsgan", "lsgan", "hinge"] = "nsgan"
+    d_steps: int = 1  # discriminator updates per student update
+    lr_disc: float = 5e-4
+    disc_hidden: int = 256
+    disc_layers: int = 2
+    disc_spectral_norm: bool = True
+    gp: Literal["none", "r1", "wgan_gp"] = "none"
+    gp_weight: float = 1.0
+    projector_hidden: int = 0  # 0: linear projector D_s -> D_t
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole training configuration (teacher recipe and distillation recipe share data)."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def load(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then ``section.key=value`` overrides (YAML values)."""
+    tree: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. distill.w_adv=0.5)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, key.strip().split("."), value, item)
+    return from_dict(tree)
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a (partial) nested dict, checking keys and types."""
+    return _build(Config, tree, "")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists): YAML/JSON/checkpoint friendly, and ``from_dict`` round-trips."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def dump(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def replace(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy with some fields changed, e.g. ``replace(cfg, distill={"method": "kd"})`` (checked)."""
+    tree = to_dict(config)
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                _set_path(tree, [section, key], value, f"{section}.{key}")
+        else:
+            _set_path(tree, [section], values, section)
+    return from_dict(tree)
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any, origin: str) -> None:
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {origin!r}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(tree).__name__} {tree!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; known in {where}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name in names & set(tree):
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, tree[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(hint, tree[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against ``hint`` (int, float, bool, str, tuple[int, int], Literal); ints pass as floats."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        item_types = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ConfigError(f"{key} must be a list of {len(item_types)} values like [96, 96], got {value!r}")
+        return tuple(_coerce(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in the config")  # none are declared
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{key} must be {hint.__name__}, got {type(value).__name__} {value!r}")

@@ -1,0 +1,180 @@
+"""Run a trained model on camera frames: load a checkpoint (torch) or an exported student (.onnx).
+
+Preprocessing is :func:`mmkd_ros.data.images.prepare` with the input size and normalisation stored
+in the model file: exactly what evaluation did during training, so the model never sees
+differently prepared pixels in the field. The ROS nodes call only this module for the ML.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmkd_ros.data import images
+from mmkd_ros.errors import CheckpointError, ModelLoadError
+
+ONNX_METADATA_KEY = "mmkd_ros"  # metadata_props key holding the JSON description of an exported student
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``/``cuda``/``cuda:N`` are checked.
+
+    Raises ``ValueError`` with a message that says what is available.
+    """
+    device = str(device).strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is visible; use 'cpu' or 'auto'")
+        if device.startswith("cuda:"):
+            index = device.split(":", 1)[1]
+            if not index.isdigit() or int(index) >= count:
+                raise ValueError(f"device {device!r} does not exist; this machine has cuda:0..cuda:{count - 1}")
+        return device
+    raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+@dataclass
+class Prediction:
+    """The classification of one frame."""
+
+    class_index: int
+    label: str
+    score: float  # softmax probability of the predicted class
+    scores: list[float]  # softmax probabilities of all classes, in ``classes`` order
+
+
+class Classifier:
+    """A loaded model plus its preprocessing; build it with :meth:`load`."""
+
+    def __init__(self, run: Any, meta: dict[str, Any], device: str, backend: str) -> None:
+        self._run = run  # callable: dict of [B,C,h,w] float32 tensors -> logits [B,K] (numpy or tensor)
+        self.classes: list[str] = list(meta["classes"])
+        self.modalities: list[str] = list(meta["modalities"])
+        self.channels: dict[str, int] = {m: int(meta["channels"][m]) for m in self.modalities}
+        self.input_size: tuple[int, int] = (int(meta["input_size"][0]), int(meta["input_size"][1]))
+        self.normalization: dict[str, dict[str, list[float]]] = meta["normalization"]
+        self.device = device
+        self.backend = backend
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", backend: str = "auto") -> "Classifier":
+        """A ``.pt`` checkpoint (torch) or ``.onnx`` student (onnxruntime); failures are ModelLoadError."""
+        path = Path(path)
+        if backend not in BACKENDS:
+            raise ModelLoadError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        try:
+            resolved = resolve_device(device)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        is_onnx = path.suffix.lower() == ".onnx"
+        if backend == "onnxruntime" and not is_onnx:
+            raise ModelLoadError(f"backend onnxruntime needs an .onnx file, got {path.name} (export it with training/export.py)")
+        if backend == "torch" and is_onnx:
+            raise ModelLoadError(f"backend torch needs a .pt checkpoint, got {path.name}; use backend onnxruntime")
+        if is_onnx:
+            return cls._load_onnx(path, resolved)
+        return cls._load_torch(path, resolved)
+
+    @classmethod
+    def _load_torch(cls, path: Path, device: str) -> "Classifier":
+        from mmkd_ros.train.checkpoint import build_from_checkpoint, load_checkpoint
+
+        try:
+            checkpoint = load_checkpoint(path)
+            model = build_from_checkpoint(checkpoint, path).to(device).eval()
+        except ModelLoadError:
+            raise
+        except CheckpointError as exc:
+            raise ModelLoadError(str(exc)) from None
+        modalities = list(checkpoint["modalities"])
+
+        @torch.inference_mode()
+        def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model(*[batch[m].to(device) for m in modalities]).float().cpu()  # [B, K]
+
+        return cls(run, checkpoint, device, "torch")
+
+    @classmethod
+    def _load_onnx(cls, path: Path, device: str) -> "Classifier":
+        try:
+            import onnx
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelLoadError(f"cannot load {path.name}: {exc.name} is not installed (pip install onnxruntime onnx)") from None
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        try:
+            model_proto = onnx.load(str(path), load_external_data=False)
+            props = {p.key: p.value for p in model_proto.metadata_props}
+            meta = json.loads(props[ONNX_METADATA_KEY])
+        except KeyError:
+            raise ModelLoadError(f"{path.name} has no '{ONNX_METADATA_KEY}' metadata; export it with training/export.py") from None
+        except Exception as exc:  # onnx raises DecodeError and friends: any failure is "not a model"
+            raise ModelLoadError(f"cannot read ONNX file {path.name}: {str(exc).splitlines()[0][:200]}") from None
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            index = int(device.split(":")[1]) if ":" in device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        elif device.startswith("cuda"):
+            device = "cpu"  # onnxruntime here has no CUDA provider: say where it really runs
+        try:
+            session = ort.InferenceSession(model_proto.SerializeToString(), providers=providers)
+        except Exception as exc:
+            raise ModelLoadError(f"onnxruntime cannot run {path.name}: {str(exc).splitlines()[0][:200]}") from None
+        input_names = [i.name for i in session.get_inputs()]
+        modalities = list(meta["modalities"])
+        if len(input_names) != len(modalities):
+            raise ModelLoadError(f"{path.name} has inputs {input_names} but its metadata lists {modalities}")
+
+        def run(batch: dict[str, torch.Tensor]) -> np.ndarray:
+            feeds = {name: batch[m].numpy() for name, m in zip(input_names, modalities)}
+            return session.run(None, feeds)[0]  # [B, K]
+
+        return cls(run, meta, device, "onnxruntime")
+
+    def preprocess(self, frame: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Arrays as ``msg_to_array`` gives them -> normalised [C, h, w] tensors, per modality."""
+        out = {}
+        for m in self.modalities:
+            if m not in frame:
+                raise ValueError(f"frame lacks the {m!r} image this model needs ({'+'.join(self.modalities)})")
+            arr = frame[m]
+            channels = 1 if arr.ndim == 2 else arr.shape[2]
+            if channels != self.channels[m]:
+                raise ValueError(f"{m} image has {channels} channel(s), the model was trained on {self.channels[m]}")
+            norm = self.normalization[m]
+            out[m] = images.prepare(arr, self.input_size, norm["mean"], norm["std"])  # [C, h, w]
+        return out
+
+    def predict(self, images_by_modality: dict[str, np.ndarray]) -> Prediction:
+        """Classify one frame (``{"rgb": HxWxC}`` or ``{"rgb": ..., "nir": ...}``)."""
+        return self.predict_batch([images_by_modality])[0]
+
+    def predict_batch(self, batch: list[dict[str, np.ndarray]]) -> list[Prediction]:
+        """Classify several frames in one forward pass."""
+        prepared = [self.preprocess(frame) for frame in batch]
+        stacked = {m: torch.stack([p[m] for p in prepared]) for m in self.modalities}  # [B, C, h, w]
+        logits = torch.as_tensor(np.asarray(self._run(stacked)), dtype=torch.float32)  # [B, K]
+        probs = torch.softmax(logits, dim=1)
+        out = []
+        for row in probs:
+            index = int(row.argmax())
+            out.append(Prediction(index, self.classes[index], float(row[index]), [float(p) for p in row]))
+        return out
+
+    def warmup(self, n: int = 3) -> None:
+        """Run ``n`` blank frames so the first real frame does not pay for lazy initialisation."""
+        h, w = self.input_size
+        frame = {m: np.zeros((h, w, self.channels[m]), dtype=np.uint8) for m in self.modalities}
+        for _ in range(max(0, n)):
+            self.predict(frame)

@@ -1,0 +1,294 @@
+"""The part of ``student_node`` and ``teacher_node`` that is the same: model, worker, outputs.
+
+A subclass says which topics to subscribe to and hands complete frames (one message per modality,
+already time-paired for the teacher) to :meth:`ClassifierNode.submit`. From there on both nodes
+behave identically:
+
+- the newest frame waits in a one-item slot; an inference worker thread takes it (a frame that is
+  replaced before the worker gets to it is dropped and counted), so latency never piles up behind
+  a queue and the executor keeps taking messages from the middleware;
+- the frame is decoded with :func:`mmkd_ros.data.images.msg_to_array` and classified by
+  :class:`mmkd_ros.inference.Classifier` (the ML lives there, not here); a frame that cannot be
+  decoded or classified is counted as bad and logged (throttled), never fatal;
+- ``~/classification``, ``~/image_annotated`` and ``/diagnostics`` are published.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+
+from mmkd_ros.data.images import msg_to_array
+from mmkd_ros.errors import MmkdError
+from mmkd_ros.nodes import outputs
+from mmkd_ros.nodes.common import (
+    FrameStats,
+    LatestSlot,
+    ParameterError,
+    RELIABILITY,
+    ParamSpec,
+    SequenceGapCounter,
+    declare_parameters,
+    output_qos,
+)
+
+INPUT_TYPES = ("raw", "compressed")
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+#: Parameters common to both classifier nodes (each node adds its own).
+COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("model_path", "", "Model file: a .pt checkpoint written by training, or a student .onnx."),
+    ParamSpec(
+        "device",
+        "auto",
+        "Inference device: auto (the GPU when present), cpu, cuda or cuda:N.",
+    ),
+    ParamSpec(
+        "backend",
+        "auto",
+        "Inference backend: auto (from the file suffix), torch, or onnxruntime (.onnx only).",
+        choices=("auto", "torch", "onnxruntime"),
+    ),
+    ParamSpec(
+        "input_type",
+        "raw",
+        "RGB input message: raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage; "
+        "remap the input to the .../compressed topic).",
+        choices=INPUT_TYPES,
+    ),
+    ParamSpec(
+        "input_reliability",
+        "best_effort",
+        "QoS reliability of the image subscriptions (keep-last 1 either way): best_effort (sensor data, "
+        "matches any driver) or reliable (only reliable drivers; resends lost fragments of large frames).",
+        choices=tuple(RELIABILITY),
+    ),
+    ParamSpec(
+        "cpu_threads",
+        1,
+        "torch intra-op threads when inferring on the CPU; 0 keeps torch's default (one per core). One "
+        "thread is the default: small models gain little from more, and on a busy robot (or beside a "
+        "camera driver) extra threads contend for cores and multiply latency.",
+        min_value=0,
+        max_value=256,
+    ),
+    ParamSpec(
+        "warmup_frames",
+        3,
+        "Inference runs on a blank frame at start, so the first real frame is not slow.",
+        min_value=0,
+        max_value=100,
+    ),
+    ParamSpec("publish_annotated", True, "Publish ~/image_annotated (only while someone subscribes)."),
+    ParamSpec(
+        "diagnostics_period",
+        1.0,
+        "Seconds between /diagnostics messages (wall clock, also under use_sim_time).",
+        min_value=0.05,
+        max_value=60.0,
+    ),
+)
+
+
+@dataclass
+class Frame:
+    """One unit of work: the messages of each modality and when the node received the last one."""
+
+    msgs: dict[str, Any]  # modality -> sensor_msgs Image/CompressedImage
+    header: Any  # header of the RGB message: stamp/frame of the published outputs
+    received: float  # time.perf_counter() when the frame became complete
+
+
+def image_msg_type(input_type: str) -> type:
+    """sensor_msgs class for an ``input_type`` parameter value."""
+    return CompressedImage if input_type == "compressed" else Image
+
+
+class ClassifierNode(Node):
+    """Base of the classifier nodes; subclasses implement :meth:`subscribe` and call :meth:`submit`."""
+
+    #: modalities the loaded model must take, e.g. ("rgb",) for the student
+    REQUIRED_MODALITIES: tuple[str, ...] = ("rgb",)
+    #: the node's own parameters, after COMMON_PARAMETERS
+    EXTRA_PARAMETERS: tuple[ParamSpec, ...] = ()
+
+    def __init__(self, node_name: str) -> None:
+        super().__init__(node_name)
+        self.params: dict[str, Any] = {}
+        self.classifier: Any = None
+        self.stats = FrameStats()
+        self.gaps = SequenceGapCounter()
+        self.slot: LatestSlot[Frame] = LatestSlot()
+        self._worker: Optional[threading.Thread] = None
+        self._bad_reasons: dict[str, int] = {}
+
+    # -- start -------------------------------------------------------------------------------
+    @classmethod
+    def parameter_specs(cls) -> tuple[ParamSpec, ...]:
+        return COMMON_PARAMETERS + cls.EXTRA_PARAMETERS
+
+    def start(self) -> None:
+        """Validate parameters, load and warm up the model, then create topics and the worker.
+
+        Subscriptions come last: a node that subscribes is ready to classify, so a bag player that
+        waits for subscribers does not lose the first frames to model loading.
+        """
+        self.params = declare_parameters(self, self.parameter_specs())
+        self.classifier = self._load_classifier()
+        kind, msg_type, self._to_msg = outputs.classification_output()
+        if kind == outputs.OUTPUT_JSON:
+            self.get_logger().warning(
+                "vision_msgs is not installed: publishing ~/classification as JSON in std_msgs/String "
+                "(install ros-$ROS_DISTRO-vision-msgs for vision_msgs/Classification)"
+            )
+        self.pub_class = self.create_publisher(msg_type, "~/classification", output_qos(10))
+        self.pub_annotated = self.create_publisher(Image, "~/image_annotated", output_qos(2))
+        self.pub_diag = self.create_publisher(outputs.DiagnosticArray, "/diagnostics", output_qos(10))
+        self.create_timer(
+            self.params["diagnostics_period"],
+            self.publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
+        self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._worker.start()
+        self.subscribe()
+        self.get_logger().info(
+            f"ready: {Path(self.params['model_path']).name} on {self.classifier.device}, "
+            f"classes {list(self.classifier.classes)}, input {self.describe_inputs()}"
+        )
+
+    def _load_classifier(self) -> Any:
+        """Check model path, device and backend, then load; every failure is one ParameterError line."""
+        path = Path(self.params["model_path"]).expanduser()
+        if not self.params["model_path"]:
+            raise ParameterError("parameter 'model_path' is empty; set it to a .pt checkpoint or .onnx file")
+        if not path.is_file():
+            raise ParameterError(f"parameter 'model_path': {path} does not exist or is not a file")
+        if path.suffix not in MODEL_SUFFIXES:
+            raise ParameterError(
+                f"parameter 'model_path': {path.name} is not a model file ({', '.join(MODEL_SUFFIXES)})"
+            )
+        if not DEVICE_PATTERN.fullmatch(self.params["device"]):
+            raise ParameterError(
+                f"parameter 'device' is '{self.params['device']}'; use auto, cpu, cuda or cuda:N"
+            )
+        # Checks that need no torch come first: a typo fails in a fraction of a second.
+        from mmkd_ros.inference import Classifier, resolve_device  # torch import: seconds
+
+        try:
+            resolve_device(self.params["device"])
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'device': {exc}") from None
+        if self.params["cpu_threads"] > 0:
+            import torch
+
+            torch.set_num_threads(self.params["cpu_threads"])  # process-wide; the node owns its process
+        classifier = Classifier.load(path, device=self.params["device"], backend=self.params["backend"])
+        missing = [m for m in self.REQUIRED_MODALITIES if m not in classifier.modalities]
+        extra = [m for m in classifier.modalities if m not in self.REQUIRED_MODALITIES]
+        if missing or extra:
+            raise ParameterError(
+                f"parameter 'model_path': {path.name} takes {'+'.join(classifier.modalities)} but "
+                f"{self.get_name()} feeds {'+'.join(self.REQUIRED_MODALITIES)}; "
+                + (
+                    "use teacher_node for RGB+NIR models"
+                    if "nir" in classifier.modalities
+                    else "use student_node"
+                )
+            )
+        if self.params["warmup_frames"] > 0:
+            classifier.warmup(self.params["warmup_frames"])
+        return classifier
+
+    # -- subclass interface ---------------------------------------------------------------------
+    def subscribe(self) -> None:
+        """Create the input subscriptions (subclass)."""
+        raise NotImplementedError
+
+    def describe_inputs(self) -> str:
+        """Resolved input topic names for the start-up log line (subclass)."""
+        raise NotImplementedError
+
+    def submit(self, frame: Frame) -> None:
+        """Hand a complete frame to the worker; a frame still waiting there is dropped."""
+        self.slot.put(frame)
+
+    # -- worker ---------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self.slot.closed:
+            frame = self.slot.take(timeout=0.5)
+            if frame is not None:
+                self.process(frame)
+
+    def process(self, frame: Frame) -> None:
+        """Decode, classify and publish one frame; a bad frame is counted and logged, not raised."""
+        try:
+            arrays = {modality: msg_to_array(msg) for modality, msg in frame.msgs.items()}
+            prediction = self.classifier.predict(arrays)
+        except (MmkdError, ValueError, TypeError, RuntimeError) as exc:
+            self.bad_frame(str(exc))
+            return
+        latency_ms = (time.perf_counter() - frame.received) * 1000.0
+        content = outputs.classification_content(
+            frame.header,
+            prediction.class_index,
+            prediction.label,
+            prediction.score,
+            prediction.scores,
+            self.classifier.classes,
+            Path(self.params["model_path"]).name,
+            latency_ms,
+        )
+        self.pub_class.publish(self._to_msg(content))
+        self.stats.record(latency_ms)
+        if self.params["publish_annotated"] and self.pub_annotated.get_subscription_count() > 0:
+            self.pub_annotated.publish(
+                outputs.annotated_image(arrays["rgb"], frame.header, prediction.label, prediction.score)
+            )
+
+    def bad_frame(self, reason: str) -> None:
+        """Count a frame that could not be used; warn at most every 5 s (wall clock)."""
+        self.stats.count("bad")
+        reason = " ".join(reason.split())
+        self.get_logger().warning(
+            f"bad frame skipped ({self.stats.bad} so far): {reason}", throttle_duration_sec=5.0
+        )
+
+    # -- diagnostics ----------------------------------------------------------------------------
+    def dropped(self) -> int:
+        """Frames replaced before inference plus frames the middleware overwrote before we took them."""
+        return self.slot.dropped + self.gaps.lost
+
+    def publish_diagnostics(self) -> None:
+        extra = {
+            "model": Path(self.params["model_path"]).name,
+            "inputs": self.describe_inputs(),
+        }
+        self.pub_diag.publish(
+            outputs.diagnostics(
+                self.get_clock().now().to_msg(),
+                f"mmkd_ros: {self.get_fully_qualified_name()}",
+                str(self.classifier.device),
+                self.stats_snapshot(),
+                self.dropped(),
+                extra,
+            )
+        )
+
+    def stats_snapshot(self) -> dict[str, float]:
+        return self.stats.snapshot()
+
+    def stop(self) -> None:
+        """Stop the worker before the node is destroyed (it publishes from its own thread)."""
+        self.slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)

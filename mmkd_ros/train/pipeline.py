@@ -1,0 +1,77 @@
+"""The offline chain behind ``training/distill.py``: bag -> pairs -> teacher -> student -> report.
+
+Each stage is skipped when its result is already there and still valid: extraction is cached by
+the bag's bytes (``mmkd_ros.data.extract``), a finished teacher run is reused on ``--resume``, an
+unfinished one continues. Under ``torchrun`` one process group spans the chain: rank 0 extracts
+and evaluates, every rank trains.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmkd_ros.config import Config
+from mmkd_ros.errors import ConfigError
+from mmkd_ros.train import checkpoint as ckpt_lib
+from mmkd_ros.train.distributed import barrier, cleanup_distributed, setup_distributed
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """Where each stage put its result (``report`` is None on ranks other than 0)."""
+
+    dataset: Path
+    teacher: Path
+    student: Path
+    report: Path | None
+
+
+def run_finished(run_dir: Path, epochs: int) -> bool:
+    """True when ``run_dir/last.pt`` records ``epochs`` completed epochs."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return False
+    return int(ckpt_lib.load_checkpoint(last)["train_state"]["epoch"]) >= epochs
+
+
+def run_chain(config: Config, out_dir: str | Path, bag: str | Path | None = None, data: str | Path | None = None,
+              teacher: str | Path | None = None, resume: bool = False, split: str = "test") -> ChainResult:
+    """Extract (if ``bag``), train the teacher (unless ``teacher``), distill, evaluate.
+
+    Layout of ``out_dir``: ``dataset/`` (when extracted), ``teacher/``, ``student/``, ``eval/``.
+    """
+    from mmkd_ros.evaluate import evaluate
+    from mmkd_ros.inference import resolve_device
+    from mmkd_ros.train.distill import distill
+    from mmkd_ros.train.teacher import train_teacher
+
+    if (bag is None) == (data is None):
+        raise ConfigError("give exactly one data source: --bag BAG or --data DATASET_DIR")
+    out_dir = Path(out_dir)
+    dist = setup_distributed(resolve_device(config.device))
+    try:
+        dataset = Path(data) if data is not None else out_dir / "dataset"
+        if bag is not None:
+            if dist.is_main:
+                from mmkd_ros.data.extract import extract_bags
+
+                dataset = extract_bags([bag], dataset, progress=True).path
+            barrier(dist)
+        if teacher is None:
+            teacher_dir = out_dir / "teacher"
+            if resume and run_finished(teacher_dir, config.teacher.epochs):
+                teacher = teacher_dir / "teacher.pt"
+            else:
+                teacher = train_teacher(config, dataset, teacher_dir,
+                                        resume=resume and (teacher_dir / "last.pt").is_file())
+        student_dir = out_dir / "student"
+        student = distill(config, dataset, teacher, student_dir, resume=resume and (student_dir / "last.pt").is_file())
+        report = None
+        if dist.is_main:
+            evaluate({"teacher": teacher, f"student[{config.distill.method}]": student}, dataset, out_dir / "eval",
+                     split=split, device=config.device)
+            report = out_dir / "eval" / "report.md"
+        barrier(dist)
+        return ChainResult(dataset, Path(teacher), student, report)
+    finally:
+        cleanup_distributed(dist)

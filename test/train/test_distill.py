@@ -1,0 +1,178 @@
+"""The method on a tiny dataset: gradient routing, golden losses, exact resume, refused checkpoints."""
+import copy
+import pickle
+
+import pytest
+import torch
+
+from mmkd_ros import config as config_lib
+from mmkd_ros.errors import CheckpointError, ModelLoadError
+from mmkd_ros.losses import disc_loss
+from mmkd_ros.models import build_model
+from mmkd_ros.train import checkpoint as ckpt_lib
+from mmkd_ros.train.common import cosine_schedule
+from mmkd_ros.train.distill import DistillModels, StudentWithProjector, distill, distill_step
+from mmkd_ros.train.teacher import train_teacher
+from tiny_pairs import write_tiny_pairs
+
+torch.set_num_threads(1)  # golden numbers are recorded single-threaded
+
+# Recorded with torch 2.15.0 (CPU, 1 thread) on the tiny dataset of tiny_pairs.py (seed 0).
+GOLDEN_TEACHER = [{"train_loss": 1.1486, "val_acc": 0.4444}, {"train_loss": 0.9040, "val_acc": 0.7778}]
+GOLDEN_ADV = [{"train_loss": 1.3871, "train_loss_ce": 1.0590, "train_loss_disc": 1.4015, "train_loss_adv": 0.6562},
+              {"train_loss": 1.4103, "train_loss_ce": 1.0927, "train_loss_disc": 1.4237, "train_loss_adv": 0.6351}]
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tiny_dataset, tiny_config, tmp_path_factory):
+    return train_teacher(tiny_config, tiny_dataset, tmp_path_factory.mktemp("teacher"))
+
+
+def tiny_models(method: str, w_ce: float = 1.0) -> tuple[DistillModels, config_lib.DistillConfig]:
+    torch.manual_seed(0)
+    teacher = build_model("teacher_resnet_tiny", num_classes=3, width=0.125).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = build_model("student_tiny", num_classes=3, width=0.5)
+    projector = build_model("projector_linear", in_features=student.num_features, out_features=teacher.num_features)
+    student_proj = StudentWithProjector(student, projector)
+    disc = build_model("discriminator_mlp", in_features=teacher.num_features, hidden=8)
+    opt_student = torch.optim.SGD(student_proj.parameters(), lr=0.1)
+    opt_disc = torch.optim.SGD(disc.parameters(), lr=0.1)
+    models = DistillModels(teacher, student_proj, disc, opt_student, opt_disc, cosine_schedule(opt_student, 10, 0))
+    cfg = config_lib.replace(config_lib.Config(), distill={"method": method, "w_ce": w_ce}).distill
+    return models, cfg
+
+
+def tiny_batch() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return {"rgb": torch.randn(4, 3, 32, 32, generator=generator), "nir": torch.randn(4, 1, 32, 32, generator=generator),
+            "label": torch.tensor([0, 1, 2, -1])}
+
+
+def test_adversarial_gradient_reaches_the_student_and_never_the_teacher():
+    m, cfg = tiny_models("adv", w_ce=0.0)  # only the adversarial term drives the student
+    teacher_before = copy.deepcopy(m.teacher.state_dict())
+    student_before = copy.deepcopy(m.student.state_dict())
+    disc_before = copy.deepcopy(m.disc)
+    batch = tiny_batch()
+    losses = distill_step(batch, m, cfg, "cpu")
+    assert set(losses) >= {"loss_disc", "loss_adv", "loss_ce", "loss", "d_real", "d_fake"}
+    # teacher: no gradient, no change (BatchNorm statistics included: it ran in eval mode)
+    assert all(p.grad is None for p in m.teacher.parameters())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in m.teacher.state_dict().items())
+    # student and projector: moved by the adversarial loss alone
+    for name, p in m.student.named_parameters():
+        if name.startswith(("student.features", "projector")) and p.dim() > 1:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    changed = [k for k, v in m.student.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert any(k.startswith("student.features") for k in changed)
+    # discriminator: its gradient is exactly that of its own loss (the student step, run with D
+    # frozen, added nothing to it)
+    with torch.no_grad():
+        real = m.teacher.forward_features(batch["rgb"], batch["nir"])
+    torch.manual_seed(0)
+    fresh, _ = tiny_models("adv", w_ce=0.0)
+    fake = fresh.student(batch["rgb"])[1].detach()
+    logits = disc_before(torch.cat([real, fake]))
+    disc_loss("nsgan", *logits.split(4)).backward()
+    for (name, p), (_, q) in zip(m.disc.named_parameters(), disc_before.named_parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-7), name
+    assert all(p.requires_grad is False for p in m.disc.parameters())  # still frozen after the student step
+
+
+@pytest.mark.parametrize("method", config_lib.METHODS)
+def test_every_method_steps_and_reports_its_terms(method):
+    m, cfg = tiny_models(method)
+    if method in ("ce", "kd"):
+        m.student.projector, m.disc, m.opt_disc = None, None, None
+    losses = distill_step(tiny_batch(), m, cfg, "cpu")
+    expected = {"ce": {"loss_ce"}, "kd": {"loss_kd"}, "feat_l2": {"loss_feat"}, "adv": {"loss_adv", "loss_disc"},
+                "adv+kd": {"loss_adv", "loss_kd", "loss_disc"}}[method]
+    assert expected <= set(losses)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_golden_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path):
+    teacher_history = ckpt_lib.load_checkpoint(teacher_checkpoint.parent / "last.pt")["train_state"]["history"]
+    for row, golden in zip(teacher_history, GOLDEN_TEACHER, strict=True):
+        for key, value in golden.items():
+            assert row[key] == pytest.approx(value, abs=2e-4), (key, row)
+    student = distill(tiny_config, tiny_dataset, teacher_checkpoint, tmp_path / "adv")
+    history = ckpt_lib.load_checkpoint(tmp_path / "adv" / "last.pt")["train_state"]["history"]
+    for row, golden in zip(history, GOLDEN_ADV, strict=True):
+        for key, value in golden.items():
+            assert row[key] == pytest.approx(value, abs=2e-4), (key, row)
+    checkpoint = ckpt_lib.load_checkpoint(student, role="student")
+    assert checkpoint["modalities"] == ["rgb"] and checkpoint["metrics"]["method"] == "adv"
+    assert (tmp_path / "adv" / "metrics.csv").is_file() and (tmp_path / "adv" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("method", ["adv", "kd"])
+def test_resume_gives_identical_next_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path, method):
+    cfg = config_lib.replace(tiny_config, distill={"method": method, "gp": "r1" if method == "adv" else "none"})
+    distill(cfg, tiny_dataset, teacher_checkpoint, tmp_path / "straight")
+    distill(cfg, tiny_dataset, teacher_checkpoint, tmp_path / "resumed", stop_after=1)
+    distill(cfg, tiny_dataset, teacher_checkpoint, tmp_path / "resumed", resume=True)
+    straight = ckpt_lib.load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = ckpt_lib.load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert straight["train_state"]["history"] == resumed["train_state"]["history"]
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_teacher_resume_is_exact(tiny_dataset, tiny_config, tmp_path):
+    train_teacher(tiny_config, tiny_dataset, tmp_path / "straight")
+    train_teacher(tiny_config, tiny_dataset, tmp_path / "resumed", stop_after=1)
+    train_teacher(tiny_config, tiny_dataset, tmp_path / "resumed", resume=True)
+    straight = ckpt_lib.load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = ckpt_lib.load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert straight["train_state"]["history"] == resumed["train_state"]["history"]
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train_teacher(tiny_config, tiny_dataset, tmp_path / "empty", resume=True)
+
+
+def test_mismatched_teacher_is_refused(teacher_checkpoint, tiny_config, tmp_path):
+    grey = write_tiny_pairs(tmp_path / "grey", rgb_channels=1, split=True)
+    with pytest.raises(CheckpointError, match="expects 3 rgb channel"):
+        distill(tiny_config, grey, teacher_checkpoint, tmp_path / "out")
+    checkpoint = ckpt_lib.load_checkpoint(teacher_checkpoint)
+    checkpoint["classes"] = ["a", "b", "c"]
+    with pytest.raises(CheckpointError, match="trained on classes"):
+        ckpt_lib.check_compatible(checkpoint, ["grass", "paint", "turf"], {"rgb": 3, "nir": 1})
+    checkpoint = ckpt_lib.load_checkpoint(teacher_checkpoint)
+    checkpoint["arch_args"]["width"] = 0.25  # weights of another architecture
+    with pytest.raises(CheckpointError, match="do not fit architecture"):
+        ckpt_lib.build_from_checkpoint(checkpoint)
+    with pytest.raises(CheckpointError, match="a student checkpoint is needed"):
+        ckpt_lib.load_checkpoint(teacher_checkpoint, role="student")
+
+
+class Hostile:
+    """Unpickling this would create a file: a weights-only load must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_hostile_pickle_is_refused_cleanly(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mmkd_ros/checkpoint", "payload": Hostile(marker)}, path, pickle_protocol=2)
+    with pytest.raises(CheckpointError, match="refused to load") as info:
+        ckpt_lib.load_checkpoint(path)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps(Hostile(marker), protocol=2))
+    from mmkd_ros.inference import Classifier
+
+    with pytest.raises(ModelLoadError):
+        Classifier.load(plain, device="cpu")
+    assert not marker.exists()
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint|refused to load"):
+        ckpt_lib.load_checkpoint(tmp_path / "garbage.pt")

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Extract the RGB/NIR pair dataset from bags, a folder of image pairs, or GeoTIFFs.
+
+Examples:
+  training/extract.py --bag data/demo_bag --out data/demo_pairs
+  training/extract.py --bag a.bag --bag b.bag --labels-csv labels.csv --out data/pairs
+  training/extract.py --folder pairs/ --out data/pairs
+  training/extract.py --geotiff tiles/ --rgb-bands B04,B03,B02 --nir-bands B08 --out data/pairs
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmkd_ros.data.extract import BagOptions, extract_bags, extract_folder, \
+    extract_geotiffs  # noqa: E402
+from mmkd_ros.errors import run_cli  # noqa: E402
+
+DEFAULTS = BagOptions()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bag", action="append", type=Path,
+                        help="rosbag2 folder or ROS 1 .bag (repeat for several)")
+    source.add_argument("--folder", type=Path, help="folder of <class>/<id>_rgb|_nir images")
+    source.add_argument("--geotiff", type=Path, help="folder of <class>/<name>.tif")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--rgb-topic", default=DEFAULTS.rgb_topic)
+    parser.add_argument("--nir-topic", default=DEFAULTS.nir_topic)
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--label-topic", help="std_msgs/String topic (default: /scene/label "
+                                              "when the bag has it)")
+    labels.add_argument("--labels-csv", help="CSV start_s,end_s,label[,bag] (seconds from the "
+                                             "bag start) or start_ns,end_ns,label[,bag]")
+    labels.add_argument("--label", help="one label for every frame")
+    parser.add_argument("--allow-unlabelled", action="store_true",
+                        help="keep pairs without a label (for label-free distillation)")
+    parser.add_argument("--max-dt", type=float, default=DEFAULTS.max_dt_s,
+                        help="max |t_rgb - t_nir| of a pair, seconds (default %(default)s)")
+    parser.add_argument("--every", type=int, default=DEFAULTS.every,
+                        help="keep every N-th pair (default %(default)s)")
+    parser.add_argument("--rgb-bands", default="B04,B03,B02", help="GeoTIFF visible bands")
+    parser.add_argument("--nir-bands", default="B08", help="GeoTIFF NIR band(s)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+    if args.bag:
+        options = BagOptions(rgb_topic=args.rgb_topic, nir_topic=args.nir_topic,
+                             label_topic=args.label_topic, labels_csv=args.labels_csv,
+                             label=args.label, max_dt_s=args.max_dt, every=args.every,
+                             allow_unlabelled=args.allow_unlabelled)
+        extract_bags(args.bag, args.out, options, force=args.force)
+    elif args.folder:
+        extract_folder(args.folder, args.out, force=args.force)
+    else:
+        extract_geotiffs(args.geotiff, args.out, args.rgb_bands, args.nir_bands, force=args.force)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
