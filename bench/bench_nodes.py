@@ -302,8 +302,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         student_ckpt, info["student"] = args.student, str(args.student)
     if args.teacher:
         teacher_ckpt, info["teacher"] = args.teacher, str(args.teacher)
-    variants = [("student_node (.pt, torch)", "student", student_ckpt, {}),
-                ("teacher_node (.pt, torch)", "teacher", teacher_ckpt, {})]
+    variants = [
+        ("student_node (.pt, torch)", "student", student_ckpt, {}),
+        ("teacher_node (.pt, torch)", "teacher", teacher_ckpt, {}),
+    ]
     try:
         from mmkd_ros.export import export_student
 
@@ -311,8 +313,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         variants.insert(1, ("student_node (.onnx, onnxruntime)", "student", onnx_path, {}))
     except Exception as exc:  # the export is another module's: report, do not fail the bench
         print(f"no ONNX variant: {exc}", flush=True)
-    variants.append(("student_node (.pt) + ~/image_annotated subscriber", "student", student_ckpt,
-                     {"annotated": True, "ladder": False, "latency_rate": 30.0}))
+    variants.append(
+        (
+            "student_node (.pt) + ~/image_annotated subscriber",
+            "student",
+            student_ckpt,
+            {"annotated": True, "ladder": False, "latency_rate": 30.0},
+        )
+    )
     baseline = {str(model): predict_baseline(model, role) for _, role, model, _ in variants}
     load_before = os.getloadavg()
     client = ros_testing.RosClient("bench_nodes")
@@ -321,8 +329,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         for label, role, model, options in variants:
             print(f"{label}: {model.name}", flush=True)
             results[label] = measure(
-                client, install, role, model, work / "logs", args.seconds,
-                options.get("latency_rate", args.latency_rate), annotated=options.get("annotated", False),
+                client,
+                install,
+                role,
+                model,
+                work / "logs",
+                args.seconds,
+                options.get("latency_rate", args.latency_rate),
+                annotated=options.get("annotated", False),
                 ladder=options.get("ladder", True),
             )
             results[label]["rate"] = options.get("latency_rate", args.latency_rate)

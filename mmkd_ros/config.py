@@ -77,6 +77,7 @@ class DistillConfig:
     disc_hidden: int = 256
     disc_layers: int = 2
     disc_spectral_norm: bool = True
+    disc_condition: Literal["none", "teacher_probs"] = "none"  # conditional D (Mirza & Osindero, 2014)
     gp: Literal["none", "r1", "wgan_gp"] = "none"
     gp_weight: float = 1.0
     projector_hidden: int = 0  # 0: linear projector D_s -> D_t

@@ -109,6 +109,7 @@ class NodeProcess:
         self.log_path = log_dir / f"{executable}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")
         self.cmd = [str(self.executable), "--ros-args", *ros_args]
+        self._interrupted = False
         self.proc = subprocess.Popen(
             self.cmd,
             env=installed_env(install),
@@ -139,10 +140,16 @@ class NodeProcess:
             time.sleep(0.05)
         return False
 
+    def interrupt(self) -> None:
+        """SIGINT without waiting: stop several nodes at once, then ``stop()`` each."""
+        if self.proc.poll() is None and not self._interrupted:
+            self.proc.send_signal(signal.SIGINT)
+            self._interrupted = True
+
     def stop(self, timeout: float = 10.0) -> Optional[int]:
         """SIGINT (as Ctrl-C / launch does), then SIGKILL if it hangs; return the exit status."""
+        self.interrupt()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -27,9 +27,9 @@ that overlaps them is not emitted, and neither is one within 2 px of them, becau
 upsampling of the 4x coarser NIR mixes zeros up to 2 px into their neighbours.
 
 Split by block. Validation blocks (``--val-blocks``, default 3 of 16) are carved from the
-non-blanked area, picked greedily so that as many classes as possible have at least 5 labelled
-frames in both train and validation, then so that validation holds close to 20% of the labelled
-frames. Classes confined to one block (several are: the scene is small) can only be on one side;
+non-blanked area, picked (greedy, then improving swaps) so that no class is in validation only,
+as many classes as possible have at least 5 labelled frames in both train and validation, and
+validation holds close to 20% of the labelled frames. Classes confined to one block (several are: the scene is small) can only be on one side;
 ``splits.json`` lists the classes that are thin on a side.
 
 Output (``--out``): ``bags/houston_r<row>c<col>/``, ``splits.json``, ``frames.csv``.
@@ -121,25 +121,37 @@ def flight(scene: Scene, row: int, col: int, block: int, window: int, stride: in
 
 
 def choose_val(counts: dict[str, np.ndarray], n_val: int) -> list[str]:
-    """Greedy choice of ``n_val`` blocks; ``counts[block][k]`` = labelled frames of class k.
+    """Choose ``n_val`` validation blocks; ``counts[block][k]`` = labelled frames of class k.
 
-    Each step adds the block that maximises (classes with at least ``MIN_FRAMES`` frames on both
-    sides, then closeness of val's share of labelled frames to ``VAL_SHARE``); ties go to the
-    first block name.
+    Maximises, in this order: no class that only validation has (it could not be learnt), the
+    number of classes with at least ``MIN_FRAMES`` frames on both sides, closeness of val's share
+    of labelled frames to ``VAL_SHARE``. Greedy additions, then single swaps between val and
+    train while they improve the score (a local optimum; exhaustive search is out of reach for
+    small blocks). Deterministic: candidates are tried in name order.
     """
     if not 0 <= n_val < len(counts):
         raise DatasetError(f"--val-blocks must be in 0..{len(counts) - 1}, got {n_val}")
+    names = sorted(counts)
     total = sum(counts.values())
-    chosen: list[str] = []
 
-    def score(val_blocks: list[str]) -> tuple[int, float]:
+    def score(val_blocks: Sequence[str]) -> tuple[int, int, float]:
         val = sum((counts[b] for b in val_blocks), np.zeros_like(total))
-        both = int(((val >= MIN_FRAMES) & (total - val >= MIN_FRAMES)).sum())
-        return both, -abs(val.sum() / max(1, total.sum()) - VAL_SHARE)
+        train = total - val
+        val_only = int(((val > 0) & (train == 0)).sum())
+        both = int(((val >= MIN_FRAMES) & (train >= MIN_FRAMES)).sum())
+        return -val_only, both, -abs(val.sum() / max(1, total.sum()) - VAL_SHARE)
 
+    chosen: list[str] = []
     for _ in range(n_val):
-        candidates = sorted(b for b in counts if b not in chosen)
-        chosen.append(max(candidates, key=lambda b: score(chosen + [b])))
+        chosen.append(max((b for b in names if b not in chosen), key=lambda b: score(chosen + [b])))
+    improved = True
+    while improved:
+        improved = False
+        for k in range(n_val):
+            for b in names:
+                trial = chosen[:k] + [b] + chosen[k + 1:]
+                if b not in chosen and score(trial) > score(chosen):
+                    chosen, improved = trial, True
     return sorted(chosen)
 
 
@@ -177,8 +189,8 @@ def convert(data: Path, out: Path, blocks: Sequence[str] | None = None, block: i
     write_outputs(out, summaries, splits, {
         "dataset": "houston2018", "group": "spatial block", "block": block, "window": window,
         "stride": stride, "centre": centre, "val_blocks": sorted(val),
-        "val_rule": f"greedy: most classes with >= {MIN_FRAMES} labelled frames on both sides, "
-                    f"then val share of labelled frames closest to {VAL_SHARE}",
+        "val_rule": f"no class in val only; most classes with >= {MIN_FRAMES} labelled frames on "
+                    f"both sides; val share of labelled frames closest to {VAL_SHARE}",
         "val_share_of_labelled_frames": round(float(val_total.sum() / all_total.sum()), 4),
         "classes_thin_on_one_side": thin,
         "nir": "mean of hsi bands 31-40 (1-based), bilinear x4"})

@@ -129,7 +129,6 @@ class ClassifierNode(Node):
         self.gaps = SequenceGapCounter()
         self.slot: LatestSlot[Frame] = LatestSlot()
         self._worker: Optional[threading.Thread] = None
-        self._bad_reasons: dict[str, int] = {}
 
     # -- start -------------------------------------------------------------------------------
     @classmethod

@@ -284,6 +284,11 @@ def run_node(node_factory: Callable[[], Node], args: Optional[list[str]] = None)
         status = EXIT_BAD_START
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C (or launch's SIGINT) while start() loads the model: rclpy's signal handler has
+        # already shut the context down, so the next rcl call fails. That is a normal exit.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             stop = getattr(node, "stop", None)

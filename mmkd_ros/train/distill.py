@@ -88,14 +88,18 @@ def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillC
 
     # 1) Discriminator: teacher features are real, student features fake and detached.
     if uses_adversary(cfg.method):
+        # Optional condition: the teacher's class probabilities, so D judges "is this a teacher
+        # feature *for this kind of scene*", not just "does it look like a teacher feature".
+        condition = torch.softmax(teacher_logits, 1) if cfg.disc_condition == "teacher_probs" else None  # [B, K]
+        real = _with_condition(teacher_features, condition)  # [B, D_t (+K)]
+        fake = _with_condition(student_projected.detach(), condition)  # detached: no gradient to the student here
         _set_requires_grad(m.disc, True)
-        fake = student_projected.detach()  # [B, D_t]: no gradient may reach the student here
         for _ in range(cfg.d_steps):
-            logits = m.disc(torch.cat([teacher_features, fake]))  # [2B]: one call keeps DDP simple
+            logits = m.disc(torch.cat([real, fake]))  # [2B]: one call keeps DDP simple
             real_logits, fake_logits = logits.split(len(rgb))
             loss_disc = disc_loss(cfg.gan_loss, real_logits, fake_logits)
             if cfg.gp != "none":
-                loss_disc = loss_disc + cfg.gp_weight * _penalty(cfg.gp, unwrap(m.disc), teacher_features, fake)
+                loss_disc = loss_disc + cfg.gp_weight * _penalty(cfg.gp, unwrap(m.disc), real, fake)
             m.opt_disc.zero_grad(set_to_none=True)
             loss_disc.backward()
             m.opt_disc.step()
@@ -109,7 +113,8 @@ def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillC
     out["loss_ce"] = float(loss_ce.detach())
     if uses_adversary(cfg.method):
         _set_requires_grad(m.disc, False)
-        loss_adv = gen_loss(cfg.gan_loss, unwrap(m.disc)(student_projected))  # unwrapped: no DDP sync for D
+        fake_for_student = _with_condition(student_projected, condition)  # with graph, into the student
+        loss_adv = gen_loss(cfg.gan_loss, unwrap(m.disc)(fake_for_student))  # unwrapped: no DDP sync for D
         loss = loss + cfg.w_adv * loss_adv
         out["loss_adv"] = float(loss_adv.detach())
     if cfg.method in ("kd", "adv+kd"):
@@ -128,6 +133,10 @@ def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillC
     labelled = labels >= 0
     out["acc"] = float((student_logits.detach().argmax(1) == labels)[labelled].float().mean()) if bool(labelled.any()) else 0.0
     return out
+
+
+def _with_condition(features: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    return features if condition is None else torch.cat([features, condition], dim=1)
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -170,6 +179,7 @@ def build_distill_models(config: Config, teacher: nn.Module, teacher_dim: int, a
     """Student (+ projector), discriminator, optimisers and schedule for ``config.distill.method``."""
     cfg = config.distill
     student = build_model(config.student.arch, **arch_args)
+    num_classes = arch_args["num_classes"]
     projector = None
     if uses_projector(cfg.method):
         projector = build_model("projector_linear", in_features=student.num_features, out_features=teacher_dim,
@@ -179,7 +189,8 @@ def build_distill_models(config: Config, teacher: nn.Module, teacher_dim: int, a
     scheduler = cosine_schedule(opt_student, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     disc, opt_disc = None, None
     if uses_adversary(cfg.method):
-        disc = build_model("discriminator_mlp", in_features=teacher_dim, hidden=cfg.disc_hidden,
+        disc_inputs = teacher_dim + (num_classes if cfg.disc_condition == "teacher_probs" else 0)
+        disc = build_model("discriminator_mlp", in_features=disc_inputs, hidden=cfg.disc_hidden,
                            layers=cfg.disc_layers, spectral_norm=cfg.disc_spectral_norm).to(dist.device)
         # beta1 = 0.5: the usual GAN setting (Radford et al., 2016), momentum lags a moving target.
         opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.lr_disc, betas=(0.5, 0.999))

@@ -142,8 +142,11 @@ def test_rate_offset_and_topic_filter(bag, client, colcon_install, node_logs) ->
     rgb = client.timed(RGB)
     assert [_stamp_ns(m) for _, m in rgb] == expected
     assert client.messages(JPEG) == []
-    wall = rgb[-1][0] - rgb[0][0]
-    assert wall == pytest.approx((expected[-1] - expected[0]) / 1e9 / 2.0, abs=0.05)
+    arrival = np.array([t for t, _ in rgb])
+    recorded = (np.array(expected) - expected[0]) / 1e9 / 2.0  # twice as fast
+    errors = np.abs(arrival - recorded - np.median(arrival - recorded))
+    # At rate 1.0 the median error would be about 0.1 s; a loaded machine adds outliers only.
+    assert statistics.median(errors) < 0.02, errors
 
 
 @pytest.mark.parametrize(

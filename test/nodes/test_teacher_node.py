@@ -73,6 +73,7 @@ def teacher(colcon_install, teacher_ckpt, student_ckpt, client, node_logs):
         node.output()
     )
     yield node, rgb_pub, nir_pub, wrong
+    node.interrupt()
     wrong.stop()
     assert node.stop() == 0, node.output()
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Distillation methods at an equal budget on the synthetic demo bag, over several seeds.
+
+Per seed: train the RGB+NIR teacher, then one RGB-only student per method (ce = the student alone,
+kd = Hinton, feat_l2 = FitNets-style regression, adv = adversarial, adv+kd), all with the same
+epochs, batch size and optimiser; evaluate every model on the held-out test scenes. Reports mean ±
+std of test accuracy and macro-F1, the share of the gap between the RGB-only baseline (ce) and the
+teacher that each method closes, and student vs teacher parameters and FLOPs (the student must
+be at most 1/5 of both). Writes its section of BENCHMARKS.md.
+
+  .venv/bin/python bench/bench_distill.py                       # 3 seeds, defaults of config/train.yaml
+  .venv/bin/python bench/bench_distill.py --seeds 0 --no-write  # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from mmkd_ros import config as config_lib  # noqa: E402
+from mmkd_ros.data.extract import BagOptions, extract_bags  # noqa: E402
+from mmkd_ros.data.synthetic import SyntheticConfig, write_bag  # noqa: E402
+from mmkd_ros.evaluate import evaluate  # noqa: E402
+from mmkd_ros.train.distill import distill  # noqa: E402
+from mmkd_ros.train.teacher import train_teacher  # noqa: E402
+from report_section import replace_section  # noqa: E402
+
+TITLE = "Distillation methods at an equal budget (synthetic demo bag)"
+METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd")
+
+
+def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple[str, ...]) -> dict:
+    """Teacher and every student for one seed; returns evaluate()'s report of the test split."""
+    teacher = train_teacher(config, dataset, out / "teacher")
+    checkpoints = {"teacher": teacher}
+    for method in methods:
+        method_config = config_lib.replace(config, distill={"method": method})
+        checkpoints[method] = distill(method_config, dataset, teacher, out / method)
+    return evaluate(checkpoints, dataset, out / "eval", split="test", latency_runs=30)
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def summarise(reports: list[dict], methods: tuple[str, ...]) -> tuple[str, dict]:
+    """Markdown table and a JSON-able summary over seeds."""
+    names = ["teacher", *methods]
+    summary: dict = {"models": {}}
+    lines = ["| model | inputs | test accuracy | test macro-F1 | gap closed (accuracy) | params | MFLOPs |",
+             "|---|---|---|---|---|---|---|"]
+    for name in names:
+        acc = [r["models"][name]["accuracy"] for r in reports]
+        f1 = [r["models"][name]["macro_f1"] for r in reports]
+        gap = []
+        if name not in ("teacher", "ce") and "ce" in names:
+            for r in reports:
+                base, top = r["models"]["ce"]["accuracy"], r["models"]["teacher"]["accuracy"]
+                if top > base:
+                    gap.append((r["models"][name]["accuracy"] - base) / (top - base))
+        first = reports[0]["models"][name]
+        summary["models"][name] = {"accuracy": acc, "macro_f1": f1, "gap_closed": gap,
+                                   "params": first["params"], "flops": first["flops"]}
+        inputs = "RGB+NIR" if name == "teacher" else "RGB"
+        gap_text = mean_std(gap) if gap else ("0 (baseline)" if name == "ce" else "-")
+        lines.append(f"| {name} | {inputs} | {mean_std(acc)} | {mean_std(f1)} | {gap_text} | "
+                     f"{first['params'] / 1e6:.2f} M | {first['flops'] / 1e6:.1f} |")
+    return "\n".join(lines), summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bag", type=Path, help="bag to use (default: write the demo bag into --work)")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_distill")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--every", type=int, default=1, help="keep every N-th pair of the bag")
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "train.yaml")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    bag = args.bag or args.work / "demo_bag"
+    if args.bag is None and not bag.exists():
+        write_bag(bag, SyntheticConfig())
+    dataset = extract_bags([bag], args.work / f"pairs_every{args.every}", BagOptions(every=args.every),
+                           progress=False).path
+    base = config_lib.load(args.config, ["device=cpu", *args.overrides])
+    methods = tuple(args.methods)
+    reports = []
+    for seed in args.seeds:
+        config = config_lib.replace(base, seed=seed)
+        reports.append(run_seed(config, dataset, args.work / f"seed{seed}", methods))
+        print(f"[bench_distill] seed {seed} done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    table, summary = summarise(reports, methods)
+    teacher = summary["models"]["teacher"]
+    ratios = {m: (summary["models"][m]["params"] / teacher["params"], summary["models"][m]["flops"] / teacher["flops"])
+              for m in methods}
+    params_ratio, flops_ratio = next(iter(ratios.values()))
+    within = params_ratio <= 0.2 and flops_ratio <= 0.2
+    wall = time.perf_counter() - start
+    test_pairs = reports[0]["num_pairs"]
+    command = "python bench/bench_distill.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    body = "\n".join([
+        f"Command: `{command.strip()}` ({wall / 60:.1f} min on {torch.get_num_threads()} CPU threads, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}).",
+        "",
+        f"Data: the demo bag ({bag.name}), pairs extracted with every={args.every}, split by scene; "
+        f"{test_pairs} test pairs from held-out scenes. Seeds {args.seeds}: one teacher per seed, every "
+        f"student of a seed distilled from it with the same budget ({base.distill.epochs} epochs, batch "
+        f"{base.data.batch_size}, input {base.data.input_size[0]}x{base.data.input_size[1]}). Teacher "
+        f"`{base.teacher.arch}` (width {base.teacher.width}, fused after stage {base.teacher.fuse_at}), "
+        f"student `{base.student.arch}` (width {base.student.width}). Mean ± std over seeds.",
+        "",
+        table,
+        "",
+        "Gap closed = (accuracy of the method - accuracy of ce) / (teacher accuracy - ce accuracy), per seed.",
+        f"Student size: {params_ratio:.3f} of the teacher's parameters and {flops_ratio:.3f} of its FLOPs "
+        f"({'within' if within else 'NOT within'} the 1/5 budget).",
+    ])
+    print(body)
+    (args.work / "summary.json").write_text(json.dumps({"summary": summary, "ratios": ratios, "wall_s": wall}, indent=2))
+    if not args.no_write:
+        replace_section(TITLE, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Give a dataset extracted from converter bags the converter's split (group = bag = image/block).
+
+Usage: bench/realdata/apply_splits.py DATASET_DIR CONVERSION_DIR/splits.json
+See :func:`bench.realdata.common.apply_splits` for why the extractor's own groups do not do here.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.realdata.common import apply_splits  # noqa: E402
+from mmkd_ros.errors import run_cli  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path, help="extracted pair dataset folder")
+    parser.add_argument("splits", type=Path, help="splits.json written by a converter")
+    args = parser.parse_args(argv)
+    counts = apply_splits(args.dataset, args.splits)
+    print(f"{args.dataset}: " + ", ".join(f"{n} pairs in {s}" for s, n in sorted(counts.items())))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
