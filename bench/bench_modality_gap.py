@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Is there a modality gap in the synthetic demo bag? RGB+NIR vs RGB-only classifiers.
 
-For each seed: write the demo bag (default settings: 60 s, 640x480, 15 Hz), extract pairs (every
-2nd), then grouped cross-validation by scene (a scene never sits in both train and test; folds
+For each seed: write the demo bag (default SyntheticConfig: 90 s, 640x480, 15 Hz), extract pairs
+(every 3rd), then grouped cross-validation by scene (a scene never sits in both train and test; folds
 stratified by class) of two classifier families, each once on RGB and once on RGB+NIR with the
 same architecture:
 - multinomial logistic regression on per-image colour/texture statistics (NIR adds its own
@@ -195,8 +195,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--every", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--every", type=int, default=3)
     parser.add_argument("--width", type=int, default=SyntheticConfig.width)
     parser.add_argument("--height", type=int, default=SyntheticConfig.height)
     parser.add_argument("--duration", type=float, default=SyntheticConfig.duration_s)
@@ -230,12 +230,20 @@ def main() -> None:
              "lr_rgbnir": ("logistic regression on colour/texture statistics", "RGB+NIR"),
              "cnn_rgb": ("small CNN (4 conv layers, 64x64 input)", "RGB"),
              "cnn_rgbnir": ("small CNN (4 conv layers, 64x64 input)", "RGB+NIR")}
+    defaults = {"--seeds": [0, 1, 2], "--folds": 3, "--epochs": 15, "--every": 3,
+                "--width": SyntheticConfig.width, "--height": SyntheticConfig.height,
+                "--duration": SyntheticConfig.duration_s}
+    given = {"--seeds": args.seeds, "--folds": args.folds, "--epochs": args.epochs,
+             "--every": args.every, "--width": args.width, "--height": args.height,
+             "--duration": args.duration}
+    flags = "".join(f" {flag} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                    for flag, v in given.items() if v != defaults[flag])
     lines = [
-        f"Command: `.venv/bin/python bench/bench_modality_gap.py"
-        f"{'' if args.seeds == [0, 1, 2] else ' --seeds ' + ' '.join(map(str, args.seeds))}`",
+        f"Command: `.venv/bin/python bench/bench_modality_gap.py{flags}`",
         "",
-        f"Data: one demo bag per seed (`SyntheticConfig(seed)`: 60 s, 640x480, RGB 15 Hz, NIR "
-        f"15 Hz), pairs extracted with `--every {args.every}`; per seed "
+        f"Data: one synthetic bag per seed (`SyntheticConfig(seed)`: {args.duration:g} s, "
+        f"{args.width}x{args.height}, RGB 15 Hz, NIR 15 Hz), pairs extracted with "
+        f"`--every {args.every}`; per seed "
         + ", ".join(f"{n} pairs / {g} scenes" for n, g in sizes)
         + f". Evaluation: {args.folds}-fold cross-validation grouped by scene (stratified by "
         f"class), out-of-fold accuracy over all pairs; mean ± std over seeds {args.seeds}. "

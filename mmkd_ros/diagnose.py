@@ -8,7 +8,8 @@ couple of minutes on a CPU for a thousand pairs. Four measurements:
    each trained on half of the train groups, predict the other half (so measurement 3 sees honest
    estimates on train too); validation is predicted by their average.
 2. **What NIR adds**: two classifiers of the same architecture, RGB only vs RGB+NIR (channels
-   concatenated at the input), same seeds, same steps; accuracy and macro-F1 on validation, mean
+   concatenated at the input), same seeds, same steps, cross-entropy weighted by inverse class
+   frequency (real recordings are mostly one class); accuracy and macro-F1 on validation, mean
    over seeds, and per-class F1.
 3. **RGB + predicted NIR**: the same classifier fed RGB and the NIR estimate of measurement 1. It
    is an RGB-only model (the estimate is a function of RGB) that was told what NIR looks like:
@@ -23,7 +24,8 @@ RGB already contains (better targets than labels, on limited data). So: a small 
 is little to distil; a large gap with low NIR predictability means most of the gap is information
 RGB lacks; a large gap with high predictability is the case where distillation can pay. None of
 these is a bound: the probes are small models on few data, and a stronger RGB model may close
-part of the gap on its own. Differences smaller than the seed-to-seed spread are noise.
+part of the gap on its own. A gain below twice the larger of the seed-to-seed spread and the
+sampling error of the validation accuracy is reported as noise.
 """
 from __future__ import annotations
 
@@ -57,12 +59,16 @@ class DiagnoseOptions:
     max_train: int = 3000  # pairs drawn at random from train (all when fewer)
     max_val: int = 3000
     width: int = 16  # channels of the probe CNNs' first layer
+    # The probes are too small to gain from intra-op threads; on a shared CPU, extra threads
+    # only contend (measured: 2 threads on 2 busy cores made a probe step 3x slower than 1).
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.size < 8 or self.size % NIR_REDUCTION:
             raise ValueError(f"size must be >= 8 and a multiple of {NIR_REDUCTION}, got {self.size}")
-        if min(self.steps, self.batch_size, self.seeds, self.max_train, self.max_val) < 1:
-            raise ValueError("steps, batch_size, seeds, max_train and max_val must be >= 1")
+        if min(self.steps, self.batch_size, self.seeds, self.max_train, self.max_val,
+               self.threads) < 1:
+            raise ValueError("steps, batch_size, seeds, max_train, max_val and threads must be >= 1")
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Diagnosis:
     classes: list[str]
     channels: dict[str, int]
     counts: dict[str, int]  # pairs used: train, val, labelled_train, labelled_val
+    val_per_class: dict[str, int]  # labelled validation pairs per class
     nir_r2: float  # measurement 1, pixel R^2 of NIR at size/4 on validation
     nir_r2_frame_mean: float  # R^2 of each frame's mean NIR (overall brightness only)
     classifiers: dict[str, dict[str, Any]] = field(default_factory=dict)  # rgb / rgb_nir / rgb_nirhat
@@ -88,7 +95,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "classes": self.classes, "channels": self.channels,
-                "counts": self.counts, "nir_r2": self.nir_r2,
+                "counts": self.counts, "val_per_class": self.val_per_class, "nir_r2": self.nir_r2,
                 "nir_r2_frame_mean": self.nir_r2_frame_mean, "classifiers": self.classifiers,
                 "teacher": self.teacher}
 
@@ -111,8 +118,8 @@ def probe_body(in_channels: int, width: int) -> nn.Sequential:
                          *block(2 * width, 2 * width, 1))
 
 
-class ProbeClassifier(nn.Module):
-    """Body, global average pool, linear: [B, C, s, s] -> [B, out]."""
+class ProbeVector(nn.Module):
+    """Body, global average pool, linear: [B, C, s, s] -> [B, out] (class logits or features)."""
 
     def __init__(self, in_channels: int, width: int, out: int) -> None:
         super().__init__()
@@ -123,8 +130,8 @@ class ProbeClassifier(nn.Module):
         return self.head(self.body(x).mean(dim=(2, 3)))  # [B, out]
 
 
-class ProbeRegressor(nn.Module):
-    """Body and a 1x1 conv: [B, C, s, s] -> a map [B, out, s/4, s/4]."""
+class ProbeMap(nn.Module):
+    """Body and a 1x1 conv: [B, C, s, s] -> a map [B, out, s/4, s/4] (the NIR estimate)."""
 
     def __init__(self, in_channels: int, width: int, out: int) -> None:
         super().__init__()
@@ -135,8 +142,9 @@ class ProbeRegressor(nn.Module):
         return self.head(self.body(x))  # [B, out, s/4, s/4]
 
 
-def fit(model: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        targets: torch.Tensor, options: DiagnoseOptions, seed: int, spatial_target: bool) -> nn.Module:
+def fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], options: DiagnoseOptions,
+        seed: int, spatial_target: bool) -> nn.Module:
     """A fixed budget of AdamW steps with cosine decay; random flips (applied to a spatial target
     too). No early stopping on validation: that would flatter every probe."""
     generator = torch.Generator().manual_seed(seed)
@@ -187,10 +195,13 @@ class _Split:
 
 
 def _sample(records: list[PairRecord], limit: int, seed: int) -> list[PairRecord]:
+    """At most ``limit`` records at random, labelled ones first (they serve every measurement,
+    unlabelled ones only the NIR regression); the dataset order is kept."""
     if len(records) <= limit:
         return records
-    keep = np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
-    return [records[i] for i in keep]
+    order = np.random.default_rng(seed).permutation(len(records))
+    order = sorted(order, key=lambda i: records[i].label < 0)  # stable: labelled first
+    return [records[i] for i in sorted(order[:limit])]
 
 
 def _load_split(info: DatasetInfo, records: list[PairRecord], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,8 +259,8 @@ def nir_predictability(train: _Split, val: _Split, options: DiagnoseOptions
     for fold in (0, 1):
         fit_idx = torch.from_numpy(np.flatnonzero(folds == fold))
         out_idx = torch.from_numpy(np.flatnonzero(folds != fold))
-        model = fit(ProbeRegressor(train.rgb.shape[1], options.width, channels),
-                    train.rgb[fit_idx], F.mse_loss, low(train.nir[fit_idx]), options,
+        model = fit(ProbeMap(train.rgb.shape[1], options.width, channels),
+                    train.rgb[fit_idx], low(train.nir[fit_idx]), F.mse_loss, options,
                     seed=1000 + fold, spatial_target=True)
         train_hat[out_idx] = predict(model, train.rgb[out_idx])
         val_hat += predict(model, val.rgb) / 2
@@ -273,9 +284,9 @@ def classifier_runs(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.T
                           torch.zeros_like(counts)).float()  # [K]
     runs = []
     for seed in range(options.seeds):
-        model = fit(ProbeClassifier(train_x.shape[1], options.width, len(classes)), train_x,
-                    lambda logits, y: F.cross_entropy(logits, y, weight=weights), train_y,
-                    options, seed=seed, spatial_target=False)
+        model = fit(ProbeVector(train_x.shape[1], options.width, len(classes)), train_x, train_y,
+                    lambda logits, y: F.cross_entropy(logits, y, weight=weights), options,
+                    seed=seed, spatial_target=False)
         metrics = classification_metrics(predict(model, val_x), val_y, classes)
         runs.append({"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                      "per_class_f1": metrics["per_class_f1"]})
@@ -313,8 +324,8 @@ def teacher_predictability(path: str | Path, info: DatasetInfo, train: _Split, v
     train_f, _ = features(train)
     val_f, val_logits = features(val)
     mean, std = train_f.mean(0, keepdim=True), train_f.std(0, keepdim=True).clamp_min(1e-6)
-    probe = fit(ProbeClassifier(train.rgb.shape[1], options.width, train_f.shape[1]), train.rgb,
-                F.mse_loss, (train_f - mean) / std, options, seed=2000, spatial_target=False)
+    probe = fit(ProbeVector(train.rgb.shape[1], options.width, train_f.shape[1]), train.rgb,
+                (train_f - mean) / std, F.mse_loss, options, seed=2000, spatial_target=False)
     metrics = classification_metrics(val_logits, val.labels, info.classes)
     return {"path": str(path), "feature_dim": int(train_f.shape[1]),
             "feature_r2": r_squared(predict(probe, val.rgb)[:, :, None], ((val_f - mean) / std)[:, :, None]),
@@ -323,16 +334,31 @@ def teacher_predictability(path: str | Path, info: DatasetInfo, train: _Split, v
 
 def diagnose(data_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions(),
              teacher: str | Path | None = None, log: Callable[[str], None] = lambda _: None) -> Diagnosis:
-    """Run the measurements on ``data_dir`` (an extracted pair dataset); see the module doc."""
+    """Run the measurements on ``data_dir`` (an extracted pair dataset); see the module doc.
+
+    Uses ``options.threads`` torch threads while it runs and restores the caller's setting.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(options.threads)
+    try:
+        return _diagnose(data_dir, options, teacher, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _diagnose(data_dir: str | Path, options: DiagnoseOptions, teacher: str | Path | None,
+              log: Callable[[str], None]) -> Diagnosis:
     info = open_dataset(data_dir)
     train, val = load_splits(info, options)
     log(f"{len(train.records)} train / {len(val.records)} val pairs at {options.size}x{options.size}")
     counts = {"train": len(train.records), "val": len(val.records),
               "labelled_train": int((train.labels >= 0).sum()),
               "labelled_val": int((val.labels >= 0).sum())}
-    log("1/3 NIR from RGB (two cross-fitted regressors)")
+    log("NIR from RGB: two cross-fitted regressors")
     pixel_r2, frame_r2, train_hat, val_hat = nir_predictability(train, val, options)
-    result = Diagnosis(str(data_dir), info.classes, info.channels, counts, pixel_r2, frame_r2)
+    val_per_class = {c: int((val.labels == k).sum()) for k, c in enumerate(info.classes)}
+    result = Diagnosis(str(data_dir), info.classes, info.channels, counts, val_per_class,
+                       pixel_r2, frame_r2)
     train_l, val_l = train.labels >= 0, val.labels >= 0
     present = torch.unique(train.labels[train_l])
     if present.numel() >= 2 and bool(val_l.any()):
@@ -340,11 +366,11 @@ def diagnose(data_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions(),
                     "rgb_nir": (torch.cat([train.rgb, train.nir], 1), torch.cat([val.rgb, val.nir], 1)),
                     "rgb_nirhat": (torch.cat([train.rgb, train_hat], 1), torch.cat([val.rgb, val_hat], 1))}
         for name, (tx, vx) in variants.items():
-            log(f"2/3 classifier {name} ({options.seeds} seeds)")
+            log(f"classifier on {name}: {options.seeds} seed(s)")
             result.classifiers[name] = classifier_runs(tx[train_l], train.labels[train_l], vx[val_l],
                                                        val.labels[val_l], info.classes, options)
     if teacher is not None:
-        log("3/3 teacher features from RGB")
+        log("teacher features from RGB")
         result.teacher = teacher_predictability(teacher, info, train, val, options)
     return result
 
@@ -379,10 +405,14 @@ def render(d: Diagnosis) -> str:
         for key, label in names.items():
             m = d.classifiers[key]
             lines.append(f"  {label:<22}{100 * m['accuracy']:>9.1f}%{100 * m['macro_f1']:>9.1f}%")
-        lines += ["", f"  per-class F1 {'RGB':>8}{'RGB+NIR':>9}{'change':>8}"]
+        lines += ["", f"  per-class F1 {'RGB':>8}{'RGB+NIR':>9}{'change':>8}{'val pairs':>11}"]
         for cls in d.classes:
+            n = d.val_per_class[cls]
+            if not n:
+                lines.append(f"  {cls:<12}{'-':>8}{'-':>9}{'':>8}{0:>11}  (not in validation)")
+                continue
             a, b = d.classifiers["rgb"]["per_class_f1"][cls], d.classifiers["rgb_nir"]["per_class_f1"][cls]
-            lines.append(f"  {cls:<12}{100 * a:>8.1f}{100 * b:>9.1f}{_pts(b - a):>8}")
+            lines.append(f"  {cls:<12}{100 * a:>8.1f}{100 * b:>9.1f}{_pts(b - a):>8}{n:>11}")
         lines += [""] + verdict(d)
     if d.teacher is not None:
         t = d.teacher
@@ -402,10 +432,12 @@ def verdict(d: Diagnosis) -> list[str]:
     p = d.classifiers["rgb"]["accuracy"]
     sampling = math.sqrt(max(p * (1 - p), 1e-4) / max(1, n_val))  # binomial s.e. of one accuracy
     noise = max(2 * sampling, 2 * spread if not math.isnan(spread) else 0.0)
+    spread_text = ("one seed, so no seed-to-seed spread" if math.isnan(spread) else
+                   f"seed-to-seed spread of the macro-F1 gain: {100 * spread:.1f} points")
     lines = [f"NIR adds {_pts(gap_acc)} points of accuracy and {_pts(gap_f1)} of macro-F1 here "
-             f"(seed-to-seed spread of the macro-F1 gain: {100 * spread:.1f} points; sampling error "
-             f"of one accuracy on {n_val} validation pairs: about {100 * sampling:.1f} points, more "
-             "when frames overlap). Differences below twice the larger of the two are noise."]
+             f"({spread_text}; sampling error of one accuracy on {n_val} validation pairs: about "
+             f"{100 * sampling:.1f} points, more when frames overlap). Differences below twice "
+             "the larger of the two are noise."]
     if gap_f1 <= noise and gap_acc <= noise:
         lines.append("That is within the noise: with small models NIR does not measurably help on "
                      "this data, so an RGB+NIR teacher has little to pass on. Expect a distilled "
@@ -413,9 +445,9 @@ def verdict(d: Diagnosis) -> list[str]:
         return lines
     metric = "macro_f1" if gap_f1 >= gap_acc else "accuracy"
     closed = d.gap(metric, "rgb_nirhat") / d.gap(metric)
+    closes = f"closes {100 * closed:.0f}%" if closed > 0 else f"closes none ({100 * closed:.0f}%)"
     lines.append(f"RGB predicts {100 * max(0.0, d.nir_r2):.0f}% of the NIR variance, and an RGB-only "
-                 f"model fed its own NIR estimate closes {100 * closed:.0f}% of the "
-                 f"{metric.replace('_', '-')} gap.")
+                 f"model fed its own NIR estimate {closes} of the {metric.replace('_', '-')} gap.")
     if d.nir_r2 < 0.3:
         lines.append("Most of the NIR signal is not in the RGB image: a student that sees RGB only "
                      "cannot get it back from any teacher. Expect distillation to recover little "

@@ -79,3 +79,24 @@ def test_no_validation_split_is_a_clear_error(tmp_path: Path) -> None:
     (root / "manifest.csv").write_text(text)
     with pytest.raises(DatasetError, match="val"):
         diagnose(root, OPTIONS)
+
+
+def test_teacher_features_are_measured(tmp_path: Path) -> None:
+    """With a teacher checkpoint (untrained here: only the plumbing is under test)."""
+    from mmkd_ros.models import build_model
+    from mmkd_ros.train.checkpoint import make_checkpoint, save_checkpoint
+
+    args = {"num_classes": 3, "rgb_channels": 3, "nir_channels": 1, "width": 0.125}
+    model = build_model("teacher_resnet_tiny", **args)
+    norm = {"rgb": {"mean": [0.5] * 3, "std": [0.25] * 3}, "nir": {"mean": [0.5], "std": [0.25]}}
+    checkpoint = make_checkpoint(role="teacher", arch="teacher_resnet_tiny", arch_args=args,
+                                 model=model, classes=CLASSES, modalities=["rgb", "nir"],
+                                 channels={"rgb": 3, "nir": 1}, input_size=[SIZE, SIZE],
+                                 normalization=norm, config={})
+    path = save_checkpoint(checkpoint, tmp_path / "teacher.pt")
+    options = DiagnoseOptions(size=SIZE, steps=20, seeds=1, batch_size=32)
+    result = diagnose(write_pairs(tmp_path / "t", "independent", per_class=8), options, teacher=path)
+    assert result.teacher is not None
+    assert result.teacher["feature_dim"] == model.num_features
+    assert result.teacher["feature_r2"] <= 1.0 and 0.0 <= result.teacher["accuracy"] <= 1.0
+    assert "Teacher" in render(result)

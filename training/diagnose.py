@@ -31,10 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="optimizer steps per probe (default %(default)s)")
     parser.add_argument("--seeds", type=int, default=DEFAULTS.seeds, help="classifier seeds (default %(default)s)")
     parser.add_argument("--max-train", type=int, default=DEFAULTS.max_train, help="train pairs drawn at most (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=DEFAULTS.threads, help="torch CPU threads (default %(default)s: the probes are tiny)")
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     args = parser.parse_args(argv)
     try:
-        options = DiagnoseOptions(size=args.size, steps=args.steps, seeds=args.seeds, max_train=args.max_train)
+        options = DiagnoseOptions(size=args.size, steps=args.steps, seeds=args.seeds, max_train=args.max_train,
+                                  threads=args.threads)
     except ValueError as exc:
         parser.error(str(exc))
     result = diagnose(args.data, options, args.teacher, log=lambda m: print(m, file=sys.stderr, flush=True))

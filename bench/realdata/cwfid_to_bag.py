@@ -31,7 +31,7 @@ The choice depends on the annotations only (not on window or stride). No test sp
 upstream test images are withheld for a later independent check.
 
 Output (``--out``): ``bags/cwfid_<id>/`` (one mcap bag per image), ``splits.json``, ``frames.csv``.
-Then: ``training/extract.py --bag OUT/bags/* --out DATA`` and
+Then: ``training/extract.py $(printf -- '--bag %s ' OUT/bags/*) --out DATA`` and
 ``bench/realdata/apply_splits.py DATA OUT/splits.json``.
 """
 from __future__ import annotations

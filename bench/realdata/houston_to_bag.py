@@ -33,7 +33,7 @@ validation holds close to 20% of the labelled frames. Classes confined to one bl
 ``splits.json`` lists the classes that are thin on a side.
 
 Output (``--out``): ``bags/houston_r<row>c<col>/``, ``splits.json``, ``frames.csv``.
-Then: ``training/extract.py --bag OUT/bags/* --out DATA`` and
+Then: ``training/extract.py $(printf -- '--bag %s ' OUT/bags/*) --out DATA`` and
 ``bench/realdata/apply_splits.py DATA OUT/splits.json``.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ def teacher_checkpoint(tiny_dataset, tiny_config, tmp_path_factory):
     return train_teacher(tiny_config, tiny_dataset, tmp_path_factory.mktemp("teacher"))
 
 
-def tiny_models(method: str, w_ce: float = 1.0) -> tuple[DistillModels, config_lib.DistillConfig]:
+def tiny_models(method: str, w_ce: float = 1.0, condition: str = "none") -> tuple[DistillModels, config_lib.DistillConfig]:
     torch.manual_seed(0)
     teacher = build_model("teacher_resnet_tiny", num_classes=3, width=0.125).eval()
     for p in teacher.parameters():
@@ -36,11 +36,13 @@ def tiny_models(method: str, w_ce: float = 1.0) -> tuple[DistillModels, config_l
     student = build_model("student_tiny", num_classes=3, width=0.5)
     projector = build_model("projector_linear", in_features=student.num_features, out_features=teacher.num_features)
     student_proj = StudentWithProjector(student, projector)
-    disc = build_model("discriminator_mlp", in_features=teacher.num_features, hidden=8)
+    disc_inputs = teacher.num_features + (3 if condition == "teacher_probs" else 0)
+    disc = build_model("discriminator_mlp", in_features=disc_inputs, hidden=8)
     opt_student = torch.optim.SGD(student_proj.parameters(), lr=0.1)
     opt_disc = torch.optim.SGD(disc.parameters(), lr=0.1)
     models = DistillModels(teacher, student_proj, disc, opt_student, opt_disc, cosine_schedule(opt_student, 10, 0))
-    cfg = config_lib.replace(config_lib.Config(), distill={"method": method, "w_ce": w_ce}).distill
+    cfg = config_lib.replace(config_lib.Config(), distill={"method": method, "w_ce": w_ce,
+                                                           "disc_condition": condition}).distill
     return models, cfg
 
 
@@ -90,6 +92,13 @@ def test_every_method_steps_and_reports_its_terms(method):
     expected = {"ce": {"loss_ce"}, "kd": {"loss_kd"}, "feat_l2": {"loss_feat"}, "adv": {"loss_adv", "loss_disc"},
                 "adv+kd": {"loss_adv", "loss_kd", "loss_disc"}}[method]
     assert expected <= set(losses)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_conditional_discriminator_sees_teacher_probabilities():
+    m, cfg = tiny_models("adv", condition="teacher_probs")
+    losses = distill_step(tiny_batch(), m, cfg, "cpu")
+    assert m.disc.net[0].in_features == m.teacher.num_features + 3
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
