@@ -142,13 +142,15 @@ class ProbeMap(nn.Module):
         return self.head(self.body(x))  # [B, out, s/4, s/4]
 
 
-def fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+def fit(build: Callable[[], nn.Module], inputs: torch.Tensor, targets: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], options: DiagnoseOptions,
         seed: int, spatial_target: bool) -> nn.Module:
-    """A fixed budget of AdamW steps with cosine decay; random flips (applied to a spatial target
-    too). No early stopping on validation: that would flatter every probe."""
+    """Build a model under ``seed`` and train it: a fixed budget of AdamW steps with cosine decay,
+    random flips (applied to a spatial target too). No early stopping on validation: that would
+    flatter every probe."""
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # initialisation: the same for every input variant of one seed
+    model = build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, options.steps)
     model.train()
@@ -259,7 +261,7 @@ def nir_predictability(train: _Split, val: _Split, options: DiagnoseOptions
     for fold in (0, 1):
         fit_idx = torch.from_numpy(np.flatnonzero(folds == fold))
         out_idx = torch.from_numpy(np.flatnonzero(folds != fold))
-        model = fit(ProbeMap(train.rgb.shape[1], options.width, channels),
+        model = fit(lambda: ProbeMap(train.rgb.shape[1], options.width, channels),
                     train.rgb[fit_idx], low(train.nir[fit_idx]), F.mse_loss, options,
                     seed=1000 + fold, spatial_target=True)
         train_hat[out_idx] = predict(model, train.rgb[out_idx])
@@ -284,7 +286,7 @@ def classifier_runs(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.T
                           torch.zeros_like(counts)).float()  # [K]
     runs = []
     for seed in range(options.seeds):
-        model = fit(ProbeVector(train_x.shape[1], options.width, len(classes)), train_x, train_y,
+        model = fit(lambda: ProbeVector(train_x.shape[1], options.width, len(classes)), train_x, train_y,
                     lambda logits, y: F.cross_entropy(logits, y, weight=weights), options,
                     seed=seed, spatial_target=False)
         metrics = classification_metrics(predict(model, val_x), val_y, classes)
@@ -324,7 +326,7 @@ def teacher_predictability(path: str | Path, info: DatasetInfo, train: _Split, v
     train_f, _ = features(train)
     val_f, val_logits = features(val)
     mean, std = train_f.mean(0, keepdim=True), train_f.std(0, keepdim=True).clamp_min(1e-6)
-    probe = fit(ProbeVector(train.rgb.shape[1], options.width, train_f.shape[1]), train.rgb,
+    probe = fit(lambda: ProbeVector(train.rgb.shape[1], options.width, train_f.shape[1]), train.rgb,
                 (train_f - mean) / std, F.mse_loss, options, seed=2000, spatial_target=False)
     metrics = classification_metrics(val_logits, val.labels, info.classes)
     return {"path": str(path), "feature_dim": int(train_f.shape[1]),
@@ -436,8 +438,8 @@ def verdict(d: Diagnosis) -> list[str]:
                    f"seed-to-seed spread of the macro-F1 gain: {100 * spread:.1f} points")
     lines = [f"NIR adds {_pts(gap_acc)} points of accuracy and {_pts(gap_f1)} of macro-F1 here "
              f"({spread_text}; sampling error of one accuracy on {n_val} validation pairs: about "
-             f"{100 * sampling:.1f} points, more when frames overlap). Differences below twice "
-             "the larger of the two are noise."]
+             f"{100 * sampling:.1f} points, more when frames overlap). Gains below twice the larger "
+             f"of the two (here {100 * noise:.1f} points) are noise."]
     if gap_f1 <= noise and gap_acc <= noise:
         lines.append("That is within the noise: with small models NIR does not measurably help on "
                      "this data, so an RGB+NIR teacher has little to pass on. Expect a distilled "
@@ -448,17 +450,18 @@ def verdict(d: Diagnosis) -> list[str]:
     closes = f"closes {100 * closed:.0f}%" if closed > 0 else f"closes none ({100 * closed:.0f}%)"
     lines.append(f"RGB predicts {100 * max(0.0, d.nir_r2):.0f}% of the NIR variance, and an RGB-only "
                  f"model fed its own NIR estimate {closes} of the {metric.replace('_', '-')} gap.")
-    if d.nir_r2 < 0.3:
-        lines.append("Most of the NIR signal is not in the RGB image: a student that sees RGB only "
-                     "cannot get it back from any teacher. Expect distillation to recover little "
-                     "of the gap; if the gap matters, keep the NIR camera on the robot.")
-    elif d.nir_r2 < 0.7:
-        lines.append("NIR is partly predictable from RGB: distillation can recover part of the gap "
-                     "at most, roughly the part the NIR-estimate model closed; the rest is "
-                     "information RGB lacks.")
+    if closed >= 0.25:
+        lines.append("So part of what NIR adds can be learnt from RGB alone, and that part is within "
+                     "reach of distillation; the rest may be information RGB lacks.")
+    elif d.nir_r2 < 0.5:
+        lines.append("Less than half of the NIR signal can be predicted from the RGB image: a "
+                     "student that sees RGB only cannot get the rest back from any teacher. Expect "
+                     "distillation to recover little of the gap; if the whole gap matters, keep "
+                     "the NIR camera on the robot.")
     else:
-        lines.append("NIR is largely a function of RGB here: the gap is about what a small model "
-                     "learns from few labels, not missing information, which is the case where "
-                     "distillation can pay off (not a promise: a bigger RGB model may close it "
-                     "alone).")
+        lines.append("Most of the NIR signal is predictable from RGB, yet the estimate did not help "
+                     "the classifier: what separates the classes seems to be the part of NIR that "
+                     "RGB does not predict. Expect little from distillation (a teacher's features "
+                     "may carry more than NIR pixels: run with --teacher to see how much of them "
+                     "RGB predicts).")
     return lines

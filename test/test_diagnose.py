@@ -70,7 +70,7 @@ def test_independent_nir_is_unpredictable_and_a_large_gap(tmp_path: Path) -> Non
     # The estimate of NIR from RGB carries nothing, so it cannot close the gap either.
     assert result.gap("accuracy", "rgb_nirhat") < 0.5 * result.gap("accuracy")
     text = render(result)
-    assert "NIR adds" in text and "cannot get it back" in text
+    assert "NIR adds" in text and "cannot get the rest back" in text
 
 
 def test_no_validation_split_is_a_clear_error(tmp_path: Path) -> None:

@@ -80,9 +80,10 @@ def uses_projector(method: str) -> bool:
 def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillConfig, device: str) -> dict[str, float]:
     """One discriminator update (``cfg.d_steps`` of them), then one student update; named losses out."""
     rgb, nir, labels = batch["rgb"].to(device), batch["nir"].to(device), batch["label"].to(device)
-    with torch.no_grad():  # the teacher is frozen: no graph, no gradient, ever
-        teacher_features = m.teacher.forward_features(rgb, nir)  # [B, D_t]
-        teacher_logits = m.teacher.forward_head(teacher_features)  # [B, K]
+    if cfg.method != "ce":  # "ce" is the student alone: the baseline never consults the teacher
+        with torch.no_grad():  # the teacher is frozen: no graph, no gradient, ever
+            teacher_features = m.teacher.forward_features(rgb, nir)  # [B, D_t]
+            teacher_logits = m.teacher.forward_head(teacher_features)  # [B, K]
     student_logits, student_projected = m.student(rgb)  # [B, K], [B, D_t] or None
     out: dict[str, float] = {}
 

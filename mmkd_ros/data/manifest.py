@@ -1,0 +1,79 @@
+"""The extracted pair dataset's on-disk schema: one definition for the writer and the reader.
+
+``mmkd_ros.data.extract`` writes ``manifest.csv`` + ``dataset.json``; ``mmkd_ros.data.dataset``
+reads them. Both go through this module so a column can never be renamed on one side only.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from mmkd_ros.errors import DatasetError
+
+DATASET_FORMAT = "mmkd_ros/pair-dataset"
+DATASET_VERSION = 1
+MANIFEST_NAME = "manifest.csv"
+INFO_NAME = "dataset.json"
+MANIFEST_COLUMNS: tuple[str, ...] = ("id", "rgb", "nir", "label", "group", "split",
+                                     "rgb_stamp_ns", "nir_stamp_ns", "dt_ns", "source")
+INT_COLUMNS: tuple[str, ...] = ("rgb_stamp_ns", "nir_stamp_ns", "dt_ns")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def write_manifest(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write manifest rows (missing columns empty, ``None`` as empty) to ``path``."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, extrasaction="raise")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if row.get(key) is None else row[key]
+                             for key in MANIFEST_COLUMNS})
+
+
+def read_manifest(dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``<dataset_dir>/manifest.csv`` as dicts keyed by :data:`MANIFEST_COLUMNS`.
+
+    String columns stay strings (``label`` and ``split`` may be empty); the stamp columns become
+    ``int`` or ``None`` (folder inputs have no stamps). Raises :class:`DatasetError` naming the
+    file and the problem.
+    """
+    path = Path(dataset_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: run training/extract.py to build the dataset")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{path} lacks columns {', '.join(missing)}: re-extract it")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row: dict[str, Any] = {key: raw[key] or "" for key in MANIFEST_COLUMNS}
+            try:
+                for key in INT_COLUMNS:
+                    row[key] = int(row[key]) if row[key] != "" else None
+            except ValueError:
+                raise DatasetError(f"{path} line {line}: {key} is not an integer") from None
+            if row["split"] not in ("",) + SPLITS:
+                raise DatasetError(f"{path} line {line}: split {row['split']!r} is not one of "
+                                   f"{', '.join(SPLITS)} or empty")
+            rows.append(row)
+    return rows
+
+
+def load_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
+    """``<dataset_dir>/dataset.json`` after checking its format and version."""
+    path = Path(dataset_dir) / INFO_NAME
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: run training/extract.py to build the dataset")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc}): re-extract the dataset") from None
+    if not isinstance(info, dict) or info.get("format") != DATASET_FORMAT:
+        raise DatasetError(f"{path} is not a {DATASET_FORMAT} file")
+    if info.get("version") != DATASET_VERSION:
+        raise DatasetError(f"{path} has version {info.get('version')!r}, this mmkd_ros reads "
+                           f"version {DATASET_VERSION}: re-extract the dataset")
+    return info
