@@ -162,20 +162,24 @@ def compute_normalization(info: DatasetInfo, size: Sequence[int],
 
 
 class PairedAugment:
-    """One random geometry for all modalities (crop + flip), photometric jitter on the visible image only.
+    """One random geometry for all modalities, mild photometric jitter on the visible image only.
 
-    The same crop and flip must hit RGB and NIR, otherwise the teacher learns from misaligned
-    pairs; colour jitter stays off NIR because its intensity is the privileged signal.
+    The same shift and flips must hit RGB and NIR, otherwise the teacher learns from misaligned
+    pairs; jitter stays off NIR because its intensity is the privileged signal. Geometry keeps the
+    image scale (reflect-padded shifts and flips, no zoom): fine texture (relief, turf rows, grass
+    blades) is a class cue, and zooming in blurs it, which made students fail on unzoomed frames.
+    Hue and saturation are left alone for the same reason (hue variation is a cue).
     """
 
     def __init__(self, size: Sequence[int], visible_channels: int) -> None:
+        pad = max(1, min(size) // 12)
         self.geometry = v2.Compose([
-            v2.RandomResizedCrop(tuple(size), scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
+            v2.RandomCrop(tuple(size), padding=pad, padding_mode="reflect"),
             v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),  # ground seen from above: no preferred up
         ])
-        # Saturation needs 3 channels; hue is left alone because colour is a class cue here.
-        jitter = {"brightness": 0.2, "contrast": 0.2, **({"saturation": 0.15} if visible_channels == 3 else {})}
-        self.photometric = v2.ColorJitter(**jitter)
+        self.photometric = v2.ColorJitter(brightness=0.1, contrast=0.1)
+        self.visible_channels = visible_channels
 
     def __call__(self, sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         names = list(sample)

@@ -11,11 +11,11 @@ Generative model (per scene, then per frame)
    - living vegetation: chlorophyll absorbs red and blue, leaf cell structure scatters NIR
      strongly (the "red edge": NIR ~0.5 while green is ~0.13);
    - artificial turf (green polyethylene) and green paint (lawn colourant on dormant grass) are
-     pigmented to match grass in the visible, but pigments do not have the red edge: NIR ~0.13
+     pigmented to match grass in the visible, but pigments do not have the red edge: NIR ~0.10
      and ~0.25;
-   - water absorbs NIR almost completely (~0.015); asphalt is dark, rising slowly to ~0.12 in NIR;
+   - water absorbs NIR almost completely (~0.015); asphalt is dark, rising slowly to ~0.10 in NIR;
    - dry (senescent) vegetation keeps a high NIR plateau (~0.45) while soil rises only slowly
-     with wavelength (~0.25), though both look brown.
+     with wavelength (~0.28), though both look brown.
    So in RGB, {live_vegetation, artificial_turf, green_paint}, {dry_vegetation, soil} and
    {water, asphalt} overlap, while the NIR/visible ratio separates every class.
    Each scene draws its own reflectance per material (log-normal: a common brightness factor,
@@ -38,11 +38,12 @@ Generative model (per scene, then per frame)
    sun glints on steep water ripples.
 5. Cameras. A rig auto-exposure sets one exposure from the RGB scene brightness (partial
    compensation) for both cameras, as a master camera driving a slave does; so the NIR/visible
-   ratio survives while absolute brightness does not. RGB: fixed daylight white balance with a
-   small gain error (the illuminant's tint stays), vignetting, shot + read noise, sRGB-like gamma, 8 bit. NIR: its own gain and per-scene drift,
-   stronger vignetting, linear, 8 bit or 12 bit in 16 (mono16). The NIR camera sits a few pixels
-   off the RGB one (two lenses), and the rig drifts over the ground, so each frame is cropped from
-   the scene canvas at its own capture time.
+   ratio survives while absolute brightness does not. RGB: auto white balance (neutralises the
+   illuminant up to a few percent of error), vignetting, shot + read noise, sRGB-like gamma,
+   8 bit. NIR: its own gain and per-scene drift, stronger vignetting, linear, 8 bit or 12 bit in
+   16 (mono16). The NIR camera sits a few pixels off the RGB one (two lenses), and the rig
+   drifts over the ground, so each frame is cropped from the scene canvas at its own capture
+   time.
 6. Timing. RGB at ``rgb_rate_hz`` with exact trigger stamps; NIR at ``nir_rate_hz`` with stamps
    jittered uniformly within ``+-nir_jitter_s`` and frames dropped with ``nir_drop_prob``; the
    bag receive time trails the header stamp by a few milliseconds. ``/scene/label``
@@ -88,17 +89,17 @@ class Material:
 MATERIALS: dict[str, Material] = {
     "live_vegetation": Material((0.060, 0.130, 0.050, 0.50), (0.16, 0.32), (0.04, 0.13),
                                 (1.3, 2.8), (0.0, 0.01)),
-    "artificial_turf": Material((0.062, 0.132, 0.056, 0.13), (0.14, 0.30), (0.0, 0.08),
+    "artificial_turf": Material((0.062, 0.132, 0.056, 0.10), (0.14, 0.30), (0.0, 0.08),
                                 (0.9, 2.2), (0.01, 0.04)),
     "green_paint": Material((0.066, 0.134, 0.058, 0.25), (0.16, 0.32), (0.01, 0.09),
                             (1.1, 2.6), (0.0, 0.03)),
     "water": Material((0.045, 0.055, 0.055, 0.015), (0.06, 0.18), (0.0, 0.04),
                       (0.4, 1.2), (0.02, 0.07)),
-    "asphalt": Material((0.070, 0.068, 0.064, 0.120), (0.08, 0.24), (0.0, 0.04),
+    "asphalt": Material((0.070, 0.068, 0.064, 0.100), (0.08, 0.24), (0.0, 0.04),
                         (0.3, 0.8), (0.0, 0.01)),
     "dry_vegetation": Material((0.200, 0.172, 0.100, 0.45), (0.18, 0.34), (0.04, 0.12),
                                (1.0, 2.2), (0.0, 0.01)),
-    "soil": Material((0.195, 0.160, 0.104, 0.25), (0.16, 0.32), (0.03, 0.11),
+    "soil": Material((0.195, 0.160, 0.104, 0.28), (0.16, 0.32), (0.03, 0.11),
                      (0.9, 2.0), (0.0, 0.01)),
 }
 assert tuple(sorted(MATERIALS)) == CLASSES
@@ -360,7 +361,7 @@ class _SceneCanvas:
     velocity: tuple[float, float]  # (vy, vx) pixels per second of rig drift
     start_ns: int
     exposure: float  # rig auto-exposure, shared by both cameras
-    white_balance: np.ndarray  # [3] RGB gain errors of a fixed daylight white balance
+    white_balance: np.ndarray  # [3] auto white balance RGB gains (with an error)
     nir_gain: float  # NIR gain times per-scene drift
     noise_rgb: np.ndarray  # [K, H, W, 3] standard normal sensor noise (reused across frames)
     noise_nir: np.ndarray  # [K, H, W]
@@ -417,7 +418,8 @@ class SceneRenderer:
             height += layers.height * w
             gloss += layers.gloss * w
 
-        radiance = self._illuminate(rng, reflectance, height, gloss, scene.label == "water")
+        radiance, illuminant = self._illuminate(rng, reflectance, height, gloss,
+                                                scene.label == "water")
         # Rig auto-exposure from the RGB brightness, compensating only partly (exponent < 1).
         luminance = float(radiance[::8, ::8, :3].mean())
         exposure = float(np.clip((0.18 / max(luminance, 1e-4)) ** 0.8, 0.3, 8.0))
@@ -434,15 +436,18 @@ class SceneRenderer:
             velocity=velocity,
             start_ns=scene.start_ns,
             exposure=exposure,
-            white_balance=self._white_balance_error(rng),
+            white_balance=self._white_balance(rng, illuminant),
             nir_gain=self.rig_nir_gain * float(rng.uniform(0.95, 1.05)),
             noise_rgb=rng.standard_normal((3, cfg.height, cfg.width, 3), dtype=np.float32),
             noise_nir=rng.standard_normal((3, cfg.height, cfg.width), dtype=np.float32),
         )
 
     def _illuminate(self, rng: np.random.Generator, reflectance: np.ndarray, height: np.ndarray,
-                    gloss: np.ndarray, water: bool) -> np.ndarray:
-        """Sun + sky + shadows + relief shading -> linear radiance ``[Hc, Wc, 4]``."""
+                    gloss: np.ndarray, water: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Sun + sky + shadows + relief shading -> linear radiance ``[Hc, Wc, 4]``.
+
+        Also returns the scene's mean irradiance colour ``[4]`` (what auto white balance sees).
+        """
         shape = height.shape
         elevation = math.radians(rng.uniform(25, 70))
         azimuth = rng.uniform(0, 2 * np.pi)
@@ -487,13 +492,15 @@ class SceneRenderer:
             # Sun glints where ripples tilt towards the mirror direction (sunny, rippled water).
             glint = np.clip((cos_sun - np.quantile(cos_sun[::4, ::4], 0.995)) * 40.0, 0.0, 1.0)
             radiance += glint[:, :, None] * shadow * sun[None, None, :] * 0.5
-        return radiance.astype(np.float32)
+        illuminant = sun * float(cos_sun.mean()) * shadow.mean(axis=(0, 1)) + sky * 0.9  # [4]
+        return radiance.astype(np.float32), illuminant
 
     @staticmethod
-    def _white_balance_error(rng: np.random.Generator) -> np.ndarray:
-        """Fixed daylight white balance (as machine-vision rigs often run) with a few percent of
-        per-scene gain error: the illuminant's colour (warm sun, blue sky) stays in the image."""
-        return np.exp(rng.normal(0.0, 0.04, 3)).astype(np.float32)
+    def _white_balance(rng: np.random.Generator, illuminant: np.ndarray) -> np.ndarray:
+        """Auto white balance: RGB gains that neutralise the illuminant (warm sun, blue sky),
+        up to a few percent of per-scene error."""
+        gains = illuminant[1] / illuminant[:3]  # [3] green stays, red/blue are matched to it
+        return (gains * np.exp(rng.normal(0.0, 0.04, 3))).astype(np.float32)
 
     def _crop(self, canvas: _SceneCanvas, stamp_ns: int,
               offset: tuple[float, float]) -> tuple[int, int]:

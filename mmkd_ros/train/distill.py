@@ -268,7 +268,7 @@ def _run(config: Config, data_dir: Path, teacher_path: Path, out_dir: Path, resu
             log.write(history)
             print(f"[distill {config.distill.method}] {format_epoch(row)}", file=sys.stderr)
             metrics = {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch": epoch + 1}
-            if val["accuracy"] > best_acc:
+            if val["accuracy"] >= best_acc:  # ties go to the later, longer-trained epoch
                 best_acc = val["accuracy"]
                 ckpt_lib.save_checkpoint(checkpoint(metrics, None), out_dir / BEST_NAME)
             ckpt_lib.save_checkpoint(checkpoint(metrics, _train_state(m, epoch + 1, best_acc, history, rngs)),

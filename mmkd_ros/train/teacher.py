@@ -128,7 +128,7 @@ def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool, stop_aft
             log.write(history)
             print(f"[teacher] {format_epoch(row)}", file=sys.stderr)
             metrics = {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch": epoch + 1}
-            if val["accuracy"] > best_acc:
+            if val["accuracy"] >= best_acc:  # ties go to the later, longer-trained epoch
                 best_acc = val["accuracy"]
                 ckpt_lib.save_checkpoint(checkpoint(metrics, None), out_dir / BEST_NAME)
             train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
