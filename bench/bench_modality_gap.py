@@ -258,7 +258,7 @@ def main() -> None:
     lines += [
         "",
         "Green trio = live_vegetation, artificial_turf, green_paint: alike in RGB (NIR tells them "
-        "apart: 0.50 / 0.10 / 0.25 reflectance), so RGB-only accuracy there measures the subtle "
+        "apart: 0.50 / 0.08 / 0.25 reflectance), so RGB-only accuracy there measures the subtle "
         "RGB cues (relief, hue variation, turf rows) a student can learn; chance within the trio "
         "is 33 %.",
         f"Total time {time.time() - started:.0f} s on {torch.get_num_threads()} CPU threads.",

@@ -77,7 +77,10 @@ class DistillConfig:
     disc_hidden: int = 256
     disc_layers: int = 2
     disc_spectral_norm: bool = True
-    disc_condition: Literal["none", "teacher_probs"] = "none"  # conditional D (Mirza & Osindero, 2014)
+    # Conditional D (Mirza & Osindero, 2014): it also sees the teacher's class probabilities, so it
+    # judges per sample "is this the teacher's feature for this scene", not only the feature marginal;
+    # unconditional matching let students fool D with class-agnostic features (worse than ce).
+    disc_condition: Literal["none", "teacher_probs"] = "teacher_probs"
     gp: Literal["none", "r1", "wgan_gp"] = "none"
     gp_weight: float = 1.0
     projector_hidden: int = 0  # 0: linear projector D_s -> D_t

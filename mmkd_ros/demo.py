@@ -152,6 +152,9 @@ def run_live(bag: Path, model: Path, log_dir: Path, rate: float = 1.0, device: s
             if time.monotonic() - last_print >= 1.0:
                 last_print = time.monotonic()
                 with lock:
+                    if score.received == 0:
+                        print(f"  t={last_print - start:5.1f}s  waiting for student_node (model loading, warm-up)")
+                        continue
                     print(f"  t={last_print - start:5.1f}s  frames {score.received:5d}  "
                           f"accuracy {score.accuracy:6.1%}  latency p50 {score.latency(50):6.1f} ms", flush=True)
         drain_until = time.monotonic() + 2.0  # the last frames are still in flight

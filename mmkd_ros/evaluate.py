@@ -114,6 +114,7 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
         f.write(content.encode() if isinstance(content, str) else content)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -134,6 +135,7 @@ def _save_figure(fig: Any, path: Path) -> None:
     os.close(fd)
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

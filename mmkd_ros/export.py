@@ -69,7 +69,8 @@ def export_student(checkpoint_path: str | Path, out_dir: str | Path, formats: tu
     return result
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, metadata: dict[str, Any], path: Path, opset: int) -> None:
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, metadata: dict[str, Any], path: Path,
+                 opset: int) -> None:
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -93,6 +94,7 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, metadata:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         torch.jit.save(traced, tmp, _extra_files={"mmkd_ros.json": json.dumps(metadata)})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -102,7 +104,8 @@ def _onnx_parity(model: torch.nn.Module, path: Path, probes: list[torch.Tensor])
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return max(float((torch.from_numpy(session.run(None, {name: x.numpy()})[0]) - model(x)).abs().max()) for x in probes)
+    diffs = [torch.from_numpy(session.run(None, {name: x.numpy()})[0]) - model(x) for x in probes]  # [B, K] each
+    return max(float(d.abs().max()) for d in diffs)
 
 
 @torch.no_grad()

@@ -40,7 +40,8 @@ def teacher_resnet_tiny(
 
 
 @register
-def student_mobilenetv3_small(num_classes: int, in_channels: int = 3, width: float = 1.0, dropout: float = 0.2) -> nn.Module:
+def student_mobilenetv3_small(num_classes: int, in_channels: int = 3, width: float = 1.0,
+                              dropout: float = 0.2) -> nn.Module:
     """torchvision MobileNetV3-Small on the visible image."""
     return MobileNetV3Student(num_classes, in_channels, width, dropout)
 

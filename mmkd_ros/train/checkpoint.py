@@ -63,6 +63,7 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(checkpoint, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be read by others (nodes)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

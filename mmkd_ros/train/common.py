@@ -73,7 +73,8 @@ def make_eval_loader(dataset: PairDataset, batch_size: int) -> DataLoader:
                       generator=torch.Generator().manual_seed(0))
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to 0, stepped once per optimiser step."""
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -112,7 +113,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, modalities: Sequence[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(model: nn.Module, loader: DataLoader, modalities: Sequence[str],
+                   device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, K] and labels [N] (-1 = unlabelled) of a whole loader, model in eval mode."""
     was_training = model.training
     model.eval()

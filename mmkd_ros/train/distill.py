@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from mmkd_ros import config as config_lib
 from mmkd_ros.config import Config, DistillConfig
-from mmkd_ros.losses import classification_loss, disc_loss, feature_l2_loss, gen_loss, gradient_penalty, kd_loss, r1_penalty
+from mmkd_ros.losses import (
+    classification_loss, disc_loss, feature_l2_loss, gen_loss, gradient_penalty, kd_loss, r1_penalty,
+)
 from mmkd_ros.models import build_model
 from mmkd_ros.train import checkpoint as ckpt_lib
 from mmkd_ros.train.common import (
@@ -132,7 +134,8 @@ def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillC
     m.scheduler.step()
     out["loss"] = float(loss.detach())
     labelled = labels >= 0
-    out["acc"] = float((student_logits.detach().argmax(1) == labels)[labelled].float().mean()) if bool(labelled.any()) else 0.0
+    correct = (student_logits.detach().argmax(1) == labels)[labelled].float()  # acc 0 for an all-unlabelled batch
+    out["acc"] = float(correct.mean()) if len(correct) else 0.0
     return out
 
 
@@ -277,7 +280,8 @@ def _run(config: Config, data_dir: Path, teacher_path: Path, out_dir: Path, resu
     replica_diff = replica_max_abs_diff(m.student, dist)
     if dist.is_main:
         log.close()
-        record_final(out_dir, (BEST_NAME, LAST_NAME), {"replica_max_abs_diff": replica_diff, "world_size": dist.world_size})
+        record_final(out_dir, (BEST_NAME, LAST_NAME),
+                     {"replica_max_abs_diff": replica_diff, "world_size": dist.world_size})
     return out_dir / BEST_NAME
 
 

@@ -25,8 +25,7 @@ from mmkd_ros.train.common import (
     set_rng_state,
 )
 from mmkd_ros.train.distributed import (
-    DistInfo, barrier, broadcast_buffers, cleanup_distributed, replica_max_abs_diff, setup_distributed, unwrap,
-    wrap_ddp,
+    DistInfo, barrier, broadcast_buffers, cleanup_distributed, replica_max_abs_diff, setup_distributed, wrap_ddp,
 )
 
 BEST_NAME, LAST_NAME = "teacher.pt", "last.pt"
@@ -43,8 +42,8 @@ def teacher_step(batch: dict[str, torch.Tensor], model: nn.Module, optimizer: to
     optimizer.step()
     scheduler.step()
     labelled = labels >= 0
-    correct = (logits.detach().argmax(1) == labels)[labelled].float()
-    return {"loss": float(loss.detach()), "acc": float(correct.mean()) if len(correct) else float("nan")}
+    correct = (logits.detach().argmax(1) == labels)[labelled].float()  # acc 0 for an all-unlabelled batch
+    return {"loss": float(loss.detach()), "acc": float(correct.mean()) if len(correct) else 0.0}
 
 
 def train_teacher(config: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
@@ -112,8 +111,8 @@ def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool, stop_aft
         train_loader.sampler.set_epoch(epoch)
         model.train()
         sums = {"loss": 0.0, "acc": 0.0}
-        bar = tqdm(train_loader, desc=f"teacher {epoch + 1}/{config.teacher.epochs}", disable=not (dist.is_main and sys.stderr.isatty()),
-                   leave=False, file=sys.stderr, mininterval=1.0)
+        bar = tqdm(train_loader, desc=f"teacher {epoch + 1}/{config.teacher.epochs}", leave=False, file=sys.stderr,
+                   disable=not (dist.is_main and sys.stderr.isatty()), mininterval=1.0)
         for batch in bar:
             step = teacher_step(batch, ddp_model, optimizer, scheduler, config.teacher.label_smoothing, dist.device)
             sums = {k: sums[k] + step[k] for k in sums}
@@ -138,5 +137,6 @@ def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool, stop_aft
     replica_diff = replica_max_abs_diff(model, dist)
     if dist.is_main:
         log.close()
-        record_final(out_dir, (BEST_NAME, LAST_NAME), {"replica_max_abs_diff": replica_diff, "world_size": dist.world_size})
+        record_final(out_dir, (BEST_NAME, LAST_NAME),
+                     {"replica_max_abs_diff": replica_diff, "world_size": dist.world_size})
     return out_dir / BEST_NAME

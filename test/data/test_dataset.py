@@ -1,5 +1,4 @@
 """The training side of the pair dataset: group splits, statistics, paired augmentation, labels."""
-import numpy as np
 import pytest
 import torch
 
