@@ -13,7 +13,7 @@ RUNS ?= runs/demo
 venv: $(STAMP)
 
 $(STAMP): requirements.txt
-	$(PY) -m venv $(VENV)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
 	touch $(STAMP)
