@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 ## The whole test suite (real rclpy/DDS, real rosbags, real torch).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q test
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q test
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" test
