@@ -14,12 +14,12 @@ Generative model (per scene, then per frame)
      pigmented to match grass in the visible, but pigments do not have the red edge: NIR ~0.08
      and ~0.25;
    - water absorbs NIR almost completely (~0.015); asphalt is dark and flat (~0.08 in NIR);
-   - dry (senescent) vegetation keeps a high NIR plateau (~0.45) while soil rises only slowly
-     with wavelength (~0.30), though both look brown.
+   - dry (senescent) vegetation keeps a high NIR plateau (~0.48) while soil rises only slowly
+     with wavelength (~0.28), though both look brown.
    So in RGB, {live_vegetation, artificial_turf, green_paint}, {dry_vegetation, soil} and
-   {water, asphalt} overlap. The NIR/visible ratio (~0.3 water, ~1 turf and asphalt, ~2 soil,
-   ~2.9 paint and dry vegetation, ~6 living vegetation) splits every RGB group, and RGB colour
-   splits every NIR group, so RGB+NIR separates all seven.
+   {water, asphalt} overlap. The NIR/visible reflectance ratio (~0.3 water, ~1 turf and asphalt,
+   ~1.8 soil, ~2.9 paint, ~3.2 dry vegetation, ~6 living vegetation) splits every RGB group, and
+   RGB colour splits every NIR group, so RGB+NIR separates all seven.
    Each scene draws its own reflectance per material (log-normal: a common brightness factor,
    e.g. canopy density or moisture, plus a small per-band factor).
 2. Layout. A scene is one *dominant* material (the label) covering most of the ground, mixed
@@ -99,9 +99,9 @@ MATERIALS: dict[str, Material] = {
                       (0.4, 1.2), (0.02, 0.07)),
     "asphalt": Material((0.070, 0.068, 0.064, 0.080), (0.08, 0.24), (0.0, 0.04),
                         (0.3, 0.8), (0.0, 0.01)),
-    "dry_vegetation": Material((0.200, 0.172, 0.100, 0.45), (0.18, 0.34), (0.04, 0.12),
+    "dry_vegetation": Material((0.190, 0.168, 0.092, 0.48), (0.18, 0.34), (0.04, 0.12),
                                (1.0, 2.2), (0.0, 0.01)),
-    "soil": Material((0.195, 0.160, 0.104, 0.30), (0.16, 0.32), (0.03, 0.11),
+    "soil": Material((0.205, 0.166, 0.112, 0.28), (0.16, 0.32), (0.03, 0.11),
                      (0.9, 2.0), (0.0, 0.01)),
 }
 assert tuple(sorted(MATERIALS)) == CLASSES
