@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from rosbags.highlevel import AnyReader
 
-from bench.realdata import cwfid_to_bag, houston_to_bag
+from bench.realdata import convert_cwfid as cwfid_to_bag, convert_houston as houston_to_bag
 from bench.realdata.common import LABEL_TOPIC, NIR_TOPIC, RGB_TOPIC, Timing, apply_splits
 from mmkd_ros.data.extract import extract_bags
 from mmkd_ros.data.images import msg_to_array, stamp_to_ns
