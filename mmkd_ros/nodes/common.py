@@ -9,6 +9,7 @@ behave identically in both, so it lives here once.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -301,4 +302,12 @@ def run_node(node_factory: Callable[[], Node], args: Optional[list[str]] = None)
 
 def main_for(node_factory: Callable[[], Node]) -> None:
     """Console-script body: run the node with ``sys.argv`` and exit with its status."""
-    sys.exit(run_node(node_factory, sys.argv))
+    status = run_node(node_factory, sys.argv)
+    if status == EXIT_BAD_START:
+        # A node that never started leaves at once, without interpreter teardown: once in several
+        # test runs under heavy load such a process ended with a status other than 2 after its
+        # one fatal line (cause not pinned down; teardown of DDS/torch threads is the suspect).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
