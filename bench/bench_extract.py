@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import cv2  # noqa: E402
 from rosbags.highlevel import AnyReader  # noqa: E402
 from rosbags.image import message_to_cvimage  # noqa: E402
 
@@ -27,15 +28,20 @@ from mmkd_ros.data.synthetic import NIR_TOPIC, RGB_TOPIC, SyntheticConfig, write
 from report_section import replace_section  # noqa: E402
 
 TITLE = "Bag extraction speed"
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # as images.write_png
 
 
-def plain_read_decode(bag: Path) -> int:
-    """Read, deserialize and decode every RGB/NIR image; returns the number of frames."""
+def plain_read_decode(bag: Path, encode_png: bool = False) -> int:
+    """Read, deserialize and decode every RGB/NIR image (optionally PNG-encode it in memory with
+    the extractor's settings, one thread); returns the number of frames."""
     count = 0
     with AnyReader([bag]) as reader:
         connections = [c for c in reader.connections if c.topic in (RGB_TOPIC, NIR_TOPIC)]
         for conn, _, raw in reader.messages(connections=connections):
-            message_to_cvimage(reader.deserialize(raw, conn.msgtype))
+            image = message_to_cvimage(reader.deserialize(raw, conn.msgtype))
+            if encode_png:
+                cv2.imencode(".png", image, PNG_PARAMS)
             count += 1
     return count
 
@@ -65,6 +71,7 @@ def main() -> None:
     size_mb = sum(f.stat().st_size for f in bag_files(bag)) / 1e6
 
     baseline_s, frames = timed(lambda: plain_read_decode(bag), args.repeats)
+    encode_s, _ = timed(lambda: plain_read_decode(bag, encode_png=True), args.repeats)
     hash_s, _ = timed(lambda: sha256_files(bag_files(bag), bag), args.repeats)
     extract_s, result = timed(lambda: extract_bags([bag], out, BagOptions(), force=True,
                                                    progress=False), args.repeats)
@@ -76,6 +83,8 @@ def main() -> None:
     rows = [
         ("plain rosbags read + deserialize + message_to_cvimage (baseline)", baseline_s,
          f"{frames / baseline_s:.0f}", f"{frames} frames read"),
+        ("plain read + decode + PNG encode in memory, one thread (the unavoidable work)",
+         encode_s, f"{frames / encode_s:.0f}", f"{frames} frames encoded"),
         ("sha256 of the bag bytes (cache key)", hash_s, "", f"{size_mb / hash_s:.0f} MB/s"),
         ("extract_bags, forced rebuild (hash, stamps, pairing, decode, PNG, atomic write)",
          extract_s, f"{written / extract_s:.0f}",
@@ -97,9 +106,11 @@ def main() -> None:
               for name, seconds, rate, note in rows]
     lines += [
         "",
-        f"Extraction runs at {written / extract_s / (frames / baseline_s):.2f}x the frame rate "
-        "of the bare read-and-decode; the difference is PNG encoding (threaded) and the second "
-        "(stamp) pass.",
+        "Reading and decoding raw images costs almost nothing (rosbags-image returns a view of the "
+        "message buffer); writing the dataset is PNG encoding. Extraction writes "
+        f"{written / extract_s:.0f} frames/s against {frames / encode_s:.0f} frames/s for the bare "
+        "read + decode + encode loop: threaded encoding and file writes, the second (stamp) pass, "
+        "pairing and hashing included.",
     ]
     body = "\n".join(lines)
     print(f"\n## {TITLE}\n\n{body}")

@@ -2,9 +2,9 @@
 """Is there a modality gap in the synthetic demo bag? RGB+NIR vs RGB-only classifiers.
 
 For each seed: write the demo bag (default SyntheticConfig: 90 s, 640x480, 15 Hz), extract pairs
-(every 3rd), then grouped cross-validation by scene (a scene never sits in both train and test; folds
-stratified by class) of two classifier families, each once on RGB and once on RGB+NIR with the
-same architecture:
+(every 3rd), then 5-fold cross-validation grouped by scene (a scene never sits in both train and
+test; folds stratified by class; 80/20 like a train/test split of the demo) of two classifier
+families, each once on RGB and once on RGB+NIR with the same architecture:
 - multinomial logistic regression on per-image colour/texture statistics (NIR adds its own
   statistics and NIR/visible ratios);
 - a small CNN (4 conv layers) on 64x64 images (NIR as a 4th input channel).
@@ -194,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--every", type=int, default=3)
     parser.add_argument("--width", type=int, default=SyntheticConfig.width)
@@ -230,7 +230,7 @@ def main() -> None:
              "lr_rgbnir": ("logistic regression on colour/texture statistics", "RGB+NIR"),
              "cnn_rgb": ("small CNN (4 conv layers, 64x64 input)", "RGB"),
              "cnn_rgbnir": ("small CNN (4 conv layers, 64x64 input)", "RGB+NIR")}
-    defaults = {"--seeds": [0, 1, 2], "--folds": 3, "--epochs": 15, "--every": 3,
+    defaults = {"--seeds": [0, 1, 2], "--folds": 5, "--epochs": 15, "--every": 3,
                 "--width": SyntheticConfig.width, "--height": SyntheticConfig.height,
                 "--duration": SyntheticConfig.duration_s}
     given = {"--seeds": args.seeds, "--folds": args.folds, "--epochs": args.epochs,
