@@ -17,7 +17,7 @@ import yaml
 
 from mmkd_ros.errors import ConfigError
 
-METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd")
+METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd", "adv+focus")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class DataConfig:
     num_workers: int = 0  # images are cached in memory: workers rarely pay off on 2 cores
     augment: bool = True
     class_balanced: bool = False  # sample each class equally often (WeightedRandomSampler)
+    # Distillation also learns from training pairs without a label (teacher terms only, no CE);
+    # false drops them. The teacher and the ``ce`` baseline never see them (nothing to learn).
+    unlabelled: bool = True
     val_fraction: float = 0.15  # used when the manifest has no split column
     test_fraction: float = 0.15
 
@@ -60,7 +63,7 @@ class StudentConfig:
 class DistillConfig:
     """Distillation recipe: ``L = w_adv*L_GAN + w_ce*L_CE (+ w_kd*L_KD + w_feat*L_feat)``."""
 
-    method: Literal["ce", "kd", "feat_l2", "adv", "adv+kd"] = "adv"
+    method: Literal["ce", "kd", "feat_l2", "adv", "adv+kd", "adv+focus"] = "adv"
     epochs: int = 10
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -84,6 +87,21 @@ class DistillConfig:
     gp: Literal["none", "r1", "wgan_gp"] = "none"
     gp_weight: float = 1.0
     projector_hidden: int = 0  # 0: linear projector D_s -> D_t
+    # The adversarial weight ramps linearly from 0 to w_adv over this many epochs (CE and the other
+    # terms first); 0: full weight from the first step, as the seed's method.
+    adv_warmup_epochs: float = 0.0
+    # adv+focus (mmkd_ros/train/focus.py): standardised teacher features, each dimension weighted by
+    # floor + (1 - floor) * (share of it the student predicts), in D's input and a per-sample regression.
+    focus_floor: float = 0.1  # 1.0: no focusing (the ablation)
+    focus_momentum: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.focus_floor <= 1.0:
+            raise ConfigError(f"distill.focus_floor={self.focus_floor} must be in [0, 1] (1 switches focusing off)")
+        if not 0.0 <= self.focus_momentum < 1.0:
+            raise ConfigError(f"distill.focus_momentum={self.focus_momentum} must be in [0, 1)")
+        if self.adv_warmup_epochs < 0 or self.d_steps < 1:
+            raise ConfigError("distill.adv_warmup_epochs must be >= 0 and distill.d_steps >= 1")
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,8 @@ class Config:
 
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Which validation metric picks the kept ("best") checkpoint; macro_f1 on imbalanced data.
+    select_by: Literal["accuracy", "macro_f1"] = "accuracy"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)

@@ -4,6 +4,7 @@
 Examples:
   training/extract.py --bag data/demo_bag --out data/demo_pairs
   training/extract.py --bag a.bag --bag b.bag --labels-csv labels.csv --out data/pairs
+  training/extract.py --bag bags/* --splits splits.json --out data/pairs   # split by bag
   training/extract.py --folder pairs/ --out data/pairs
   training/extract.py --geotiff tiles/ --rgb-bands B04,B03,B02 --nir-bands B08 --out data/pairs
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmkd_ros.data.extract import BagOptions, extract_bags, extract_folder, \
+from mmkd_ros.data.extract import GROUP_BY, BagOptions, extract_bags, extract_folder, \
     extract_geotiffs  # noqa: E402
 from mmkd_ros.errors import run_cli  # noqa: E402
 
@@ -24,8 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bag", action="append", type=Path,
-                        help="rosbag2 folder or ROS 1 .bag (repeat for several)")
+    source.add_argument("--bag", action="extend", nargs="+", type=Path, metavar="BAG",
+                        help="rosbag2 folder(s) or ROS 1 .bag(s); several per flag, repeatable")
     source.add_argument("--folder", type=Path, help="folder of <class>/<id>_rgb|_nir images")
     source.add_argument("--geotiff", type=Path, help="folder of <class>/<name>.tif")
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
@@ -43,15 +44,25 @@ def main(argv: list[str] | None = None) -> None:
                         help="max |t_rgb - t_nir| of a pair, seconds (default %(default)s)")
     parser.add_argument("--every", type=int, default=DEFAULTS.every,
                         help="keep every N-th pair (default %(default)s)")
+    parser.add_argument("--group-by", choices=GROUP_BY, default=DEFAULTS.group_by,
+                        help="group of a bag's pairs: 'segment' = <bag>:<label segment>, 'bag' = "
+                             "the bag name, so splits keep whole bags apart (default "
+                             "%(default)s)")
+    parser.add_argument("--splits", type=Path, metavar="FILE",
+                        help="bag-splits JSON (mmkd_ros/bag-splits) giving every bag its split: "
+                             "groups become bag names and the manifest's split comes from it")
     parser.add_argument("--rgb-bands", default="B04,B03,B02", help="GeoTIFF visible bands")
     parser.add_argument("--nir-bands", default="B08", help="GeoTIFF NIR band(s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
+    if not args.bag and (args.splits is not None or args.group_by != DEFAULTS.group_by):
+        parser.error("--splits and --group-by apply to --bag only")
     if args.bag:
         options = BagOptions(rgb_topic=args.rgb_topic, nir_topic=args.nir_topic,
                              label_topic=args.label_topic, labels_csv=args.labels_csv,
                              label=args.label, max_dt_s=args.max_dt, every=args.every,
-                             allow_unlabelled=args.allow_unlabelled)
+                             allow_unlabelled=args.allow_unlabelled, group_by=args.group_by,
+                             splits=None if args.splits is None else str(args.splits))
         extract_bags(args.bag, args.out, options, force=args.force)
     elif args.folder:
         extract_folder(args.folder, args.out, force=args.force)

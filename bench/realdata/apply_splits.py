@@ -2,7 +2,9 @@
 """Give a dataset extracted from converter bags the converter's split (group = bag = image/block).
 
 Usage: bench/realdata/apply_splits.py DATASET_DIR CONVERSION_DIR/splits.json
-See :func:`bench.realdata.common.apply_splits` for why the extractor's own groups do not do here.
+See :func:`bench.realdata.common.apply_splits` for why the extractor's default groups do not do
+here. Extracting with ``training/extract.py --bag OUT/bags/* --splits OUT/splits.json`` gives the
+same manifest in one step.
 """
 from __future__ import annotations
 

@@ -4,10 +4,12 @@ The converters turn still research images (CWFID, Houston 2018) into the kind of
 makes, so the real data goes through the same path as a user's bags (extractor, pairing by header
 stamp, label topic) instead of a side door. The recording model, and why:
 
-- One bag per *group* (a CWFID image, a Houston spatial block), named after it. The extractor
-  names groups ``<bag>:<segment>`` and splits within a bag by label segment; frames of one image
-  are highly correlated, so the split must be by bag: ``splits.json`` maps every bag name to its
-  split and :func:`apply_splits` writes that onto an extracted dataset (see its docstring).
+- One bag per *group* (a CWFID image, a Houston spatial block), named after it. By default the
+  extractor names groups ``<bag>:<segment>`` and splits within a bag by label segment; frames of
+  one image are highly correlated, so the split must be by bag: ``splits.json`` (a bag-splits
+  file, :mod:`mmkd_ros.data.splits`) maps every bag name to its split, and
+  ``training/extract.py --bag OUT/bags/* --splits OUT/splits.json`` extracts with group = bag and
+  that split (:func:`apply_splits` does the same to a dataset extracted without ``--splits``).
 - Camera positions are visited at a fixed period (a 10 Hz trigger). Each sensor's header stamp is
   the nominal trigger time plus its own uniform jitter (two drivers stamping one prism camera);
   the bag's receive time adds a transport latency, so a reader that pairs by receive time instead
@@ -23,7 +25,6 @@ stamp, label topic) instead of a side door. The recording model, and why:
 from __future__ import annotations
 
 import csv
-import json
 import os
 import tempfile
 import zlib
@@ -36,6 +37,7 @@ import numpy as np
 
 from mmkd_ros.data.images import array_to_image_msg
 from mmkd_ros.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from mmkd_ros.data.splits import SPLITS_FORMAT, read_bag_splits, write_bag_splits  # noqa: F401
 from mmkd_ros.errors import DatasetError
 
 RGB_TOPIC = "/camera/color/image_raw"
@@ -43,8 +45,7 @@ NIR_TOPIC = "/camera/nir/image_raw"
 LABEL_TOPIC = "/scene/label"
 RGB_FRAME_ID = "camera_color_optical_frame"
 NIR_FRAME_ID = "camera_nir_optical_frame"
-SPLITS_NAME = "splits.json"
-SPLITS_FORMAT = "mmkd_ros/bag-splits"
+SPLITS_NAME = "splits.json"  # a bag-splits file (format SPLITS_FORMAT, mmkd_ros.data.splits)
 FRAMES_NAME = "frames.csv"
 FRAME_COLUMNS = ("bag", "frame", "x", "y", "width", "height", "label", "rgb_stamp_ns",
                  "nir_stamp_ns", "split")
@@ -186,9 +187,7 @@ def write_drive(path: Path, frames: Iterable[Frame], *, start_ns: int, timing: T
 def write_outputs(out: Path, summaries: Sequence[BagSummary], splits: dict[str, str],
                   info: dict[str, object]) -> None:
     """``splits.json`` (bag name -> split, plus how it was chosen) and ``frames.csv``."""
-    payload = {"format": SPLITS_FORMAT, "version": 1, "splits": dict(sorted(splits.items())),
-               **info}
-    (out / SPLITS_NAME).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    write_bag_splits(out / SPLITS_NAME, splits, **info)
     with open(out / FRAMES_NAME, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=FRAME_COLUMNS)
         writer.writeheader()
@@ -225,16 +224,14 @@ def prepare_out(out: Path) -> Path:
 def apply_splits(dataset_dir: str | Path, splits_path: str | Path) -> Counter:
     """Give an extracted dataset the converter's split: ``group = bag``, ``split`` from the file.
 
-    The extractor groups bag frames by ``<bag>:<label segment>`` and leaves ``split`` empty, which
-    would put frames of one CWFID image (or one Houston block) into train and val. This rewrites
-    ``manifest.csv`` (atomically) so every frame's group is its bag and its split is the one
-    ``splits.json`` chose. Returns pairs per split.
+    Without ``--splits`` the extractor groups bag frames by ``<bag>:<label segment>`` and leaves
+    ``split`` empty, which would put frames of one CWFID image (or one Houston block) into train
+    and val. This rewrites ``manifest.csv`` (atomically) so every frame's group is its bag and its
+    split is the one ``splits.json`` chose. Returns pairs per split. Extracting with
+    ``training/extract.py --splits`` gives the same manifest directly (and caches it).
     """
     dataset_dir = Path(dataset_dir)
-    payload = json.loads(Path(splits_path).read_text(encoding="utf-8"))
-    if payload.get("format") != SPLITS_FORMAT:
-        raise DatasetError(f"{splits_path} is not a {SPLITS_FORMAT} file")
-    splits: dict[str, str] = payload["splits"]
+    splits = read_bag_splits(splits_path)
     rows = read_manifest(dataset_dir)
     for row in rows:
         bag = row["group"].split(":", 1)[0]

@@ -200,12 +200,12 @@ class PairDataset(Dataset):
 
     def __init__(self, info: DatasetInfo, split: str, size: Sequence[int],
                  normalization: dict[str, dict[str, list[float]]], augment: bool = False,
-                 modalities: Sequence[str] = MODALITIES) -> None:
+                 modalities: Sequence[str] = MODALITIES, labelled_only: bool = False) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.info, self.split, self.size = info, split, tuple(size)
         self.modalities = tuple(modalities)
-        self.records = info.split(split)
+        self.records = [r for r in info.split(split) if r.label >= 0 or not labelled_only]
         self.normalization = normalization
         self.tensors = load_resized(info, self.records, self.size, self.modalities)
         self.labels = torch.tensor([r.label for r in self.records], dtype=torch.long)  # [N]

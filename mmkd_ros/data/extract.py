@@ -16,7 +16,9 @@ Guarantees:
   with its reason;
 - leakage-free groups: a bag frame's group is ``<bag name>:<segment>``, a segment being a run of
   consecutive pairs with one label (one scene), so splitting by group never puts neighbouring,
-  near-identical frames of one scene on both sides of a split.
+  near-identical frames of one scene on both sides of a split. When a whole bag is one unit
+  (one field image, one block), ``group_by="bag"`` makes the group the bag name, and a bag-splits
+  file (:mod:`mmkd_ros.data.splits`) also fixes each bag's split in the manifest.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from mmkd_ros.data.images import read_image_file, write_png
 from mmkd_ros.data.manifest import DATASET_FORMAT, DATASET_VERSION, INFO_NAME, MANIFEST_NAME, \
     load_dataset_info, write_manifest
 from mmkd_ros.data.pairing import nearest_index, pair_nearest
+from mmkd_ros.data.splits import read_bag_splits
 from mmkd_ros.errors import BagError, DatasetError
 
 DEFAULT_RGB_TOPIC = "/camera/color/image_raw"
@@ -51,11 +54,20 @@ DEFAULT_LABEL_TOPIC = "/scene/label"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 _EXTRACTOR_VERSION = 1  # bump when the output for the same inputs changes (invalidates caches)
+GROUP_BY = ("segment", "bag")
 
 
 @dataclass(frozen=True)
 class BagOptions:
-    """How frames of a bag become pairs; every field enters the cache key."""
+    """How frames of a bag become pairs; every field enters the cache key.
+
+    ``group_by`` and ``splits`` decide a pair's ``group`` and ``split`` columns: by default the
+    group is ``<bag>:<label segment>`` and the split is left to :func:`assign_splits
+    <mmkd_ros.data.dataset.assign_splits>`; ``group_by="bag"`` makes the group the bag name (so
+    whole bags are split); ``splits`` (a bag-splits file, :mod:`mmkd_ros.data.splits`) also makes
+    the group the bag name and writes each bag's split from the file. The splits file's bytes
+    enter the cache key.
+    """
 
     rgb_topic: str = DEFAULT_RGB_TOPIC
     nir_topic: str = DEFAULT_NIR_TOPIC
@@ -65,8 +77,15 @@ class BagOptions:
     max_dt_s: float = 0.03
     every: int = 1
     allow_unlabelled: bool = False
+    # "segment": group = <bag>:<label segment>; "bag": group = <bag> (a bag is one unit).
+    group_by: str = "segment"
+    # A bag-splits file (mmkd_ros.data.splits): group = bag and the manifest's split from it.
+    splits: str | None = None
 
     def __post_init__(self) -> None:
+        if self.group_by not in GROUP_BY:
+            raise DatasetError(f"--group-by must be one of {', '.join(GROUP_BY)}, got "
+                               f"{self.group_by!r}")
         sources = [x for x in (self.label_topic, self.labels_csv, self.label) if x]
         if len(sources) > 1:
             raise DatasetError("give one label source: --label-topic, --labels-csv or --label")
@@ -76,6 +95,11 @@ class BagOptions:
             raise DatasetError(f"--every must be >= 1, got {self.every}")
         if self.rgb_topic == self.nir_topic:
             raise DatasetError(f"--rgb-topic and --nir-topic are both {self.rgb_topic}")
+
+    @property
+    def by_bag(self) -> bool:
+        """Whether a pair's group is its bag name (``group_by="bag"`` or a splits file)."""
+        return self.group_by == "bag" or self.splits is not None
 
 
 @dataclass(frozen=True)
@@ -157,7 +181,7 @@ class _DatasetWriter:
     def add_pair(self, pair_id: str, rgb: np.ndarray, nir: np.ndarray, *, label: str | None,
                  group: str, source: str, rgb_stamp_ns: int | None = None,
                  nir_stamp_ns: int | None = None, topics: tuple[str | None, str | None] = (
-                     None, None)) -> None:
+                     None, None), split: str = "") -> None:
         """Write one pair's images and remember its manifest row."""
         files = {}
         for modality, arr, topic in (("rgb", rgb, topics[0]), ("nir", nir, topics[1])):
@@ -171,7 +195,7 @@ class _DatasetWriter:
             self._writes.popleft().result()  # re-raises a failed write
         dt = None if rgb_stamp_ns is None or nir_stamp_ns is None else nir_stamp_ns - rgb_stamp_ns
         self.rows.append({"id": pair_id, "rgb": files["rgb"], "nir": files["nir"],
-                          "label": label or "", "group": group, "split": "",
+                          "label": label or "", "group": group, "split": split,
                           "rgb_stamp_ns": rgb_stamp_ns, "nir_stamp_ns": nir_stamp_ns,
                           "dt_ns": dt, "source": source})
 
@@ -296,11 +320,27 @@ def extract_bags(bags: Sequence[str | Path], out: str | Path,
             raise DatasetError(f"labels CSV {csv_path} does not exist: check --labels-csv")
         opts["labels_csv"] = {"path": str(csv_path.resolve()),
                               "sha256": sha256_files([csv_path])}
-    key = _cache_key("bags", inputs, opts)
+    bag_splits: dict[str, str] | None = None
+    if options.splits is not None:
+        splits_path = Path(options.splits)
+        bag_splits = read_bag_splits(splits_path)
+        for path, name in zip(paths, names):
+            if name not in bag_splits:
+                raise DatasetError(f"bag {name!r} ({path}) is not listed in bag-splits file "
+                                   f"{splits_path}: add it there or leave the bag out")
+        opts["splits"] = {"path": str(splits_path.resolve()),
+                          "sha256": sha256_files([splits_path])}
+    key_opts = dict(opts)
+    if options.group_by == "segment" and options.splits is None:
+        # The defaults of the options added later stay out of the key: caches of datasets
+        # extracted before they existed remain valid.
+        del key_opts["group_by"], key_opts["splits"]
+    key = _cache_key("bags", inputs, key_opts)
 
     def fill(writer: _DatasetWriter) -> dict[str, Any]:
         for path, name in zip(paths, names):
-            _extract_one_bag(writer, path, name, options, progress)
+            split = bag_splits[name] if bag_splits is not None else ""
+            _extract_one_bag(writer, path, name, options, progress, split)
         return {"inputs": inputs, "options": opts, "max_dt_ns": int(options.max_dt_s * 1e9)}
 
     return _build(out, key, force, progress, fill)
@@ -333,7 +373,7 @@ def _label_timeline(bag: BagReader, options: BagOptions) -> tuple[LabelTimeline 
 
 
 def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: BagOptions,
-                     progress: bool) -> None:
+                     progress: bool, split: str = "") -> None:
     rgb_topic, nir_topic = options.rgb_topic, options.nir_topic
     max_dt_ns = int(round(options.max_dt_s * 1e9))
     with BagReader(path) as bag:
@@ -377,7 +417,8 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
                 reason = f"subsampled (--every {options.every})"
                 dropped += [(rgb_topic, rgb_stamps[i], reason), (nir_topic, nir_stamps[j], reason)]
             else:
-                selected.append((i, j, label, f"{name}:{segments[k]}"))
+                selected.append((i, j, label,
+                                 name if options.by_bag else f"{name}:{segments[k]}"))
         writer.dropped += [{"bag": name, "topic": topic, "stamp_ns": int(stamp), "reason": reason}
                            for topic, stamp, reason in sorted(dropped, key=lambda d: d[1])]
 
@@ -397,7 +438,8 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
                 writer.add_pair(f"{first_id + k:06d}", frames[rgb_topic], frames[nir_topic],
                                 label=label, group=group, source=str(path),
                                 rgb_stamp_ns=int(rgb_stamps[i]),
-                                nir_stamp_ns=int(nir_stamps[j]), topics=(rgb_topic, nir_topic))
+                                nir_stamp_ns=int(nir_stamps[j]), topics=(rgb_topic, nir_topic),
+                                split=split)
                 del pending[k]
                 bar.update(1)
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from mmkd_ros.models.discriminator import FeatureDiscriminator, Projector
 from mmkd_ros.models.student import MobileNetV3Student, TinyStudent
-from mmkd_ros.models.teacher import TwoBranchTeacher
+from mmkd_ros.models.teacher import RGBTwin, TwoBranchTeacher
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -44,6 +44,13 @@ def student_mobilenetv3_small(num_classes: int, in_channels: int = 3, width: flo
                               dropout: float = 0.2) -> nn.Module:
     """torchvision MobileNetV3-Small on the visible image."""
     return MobileNetV3Student(num_classes, in_channels, width, dropout)
+
+
+@register
+def rgb_twin_resnet18_mid(num_classes: int, in_channels: int = 3, width: float = 1.0, fuse_at: int = 2,
+                          dropout: float = 0.0) -> nn.Module:
+    """``teacher_resnet18_mid`` with RGB in both branches: an RGB-only model as large as the teacher."""
+    return RGBTwin(num_classes, in_channels, width, fuse_at, (2, 2, 2, 2), dropout)
 
 
 @register

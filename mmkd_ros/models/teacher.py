@@ -115,6 +115,26 @@ class TwoBranchTeacher(nn.Module):
         return self.forward_head(self.forward_features(rgb, nir))
 
 
+class RGBTwin(TwoBranchTeacher):
+    """The teacher's architecture with RGB in both branches: the capacity control for a study.
+
+    Same parameters and FLOPs as the teacher (when both modalities have as many channels), no NIR,
+    and the student interface (``forward_features(rgb)``): trained like a student with ``ce``, it
+    answers "is the teacher's edge NIR or capacity?".
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, fuse_at: int = 2,
+                 blocks: Sequence[int] = (2, 2, 2, 2), dropout: float = 0.0) -> None:
+        super().__init__(num_classes, in_channels, in_channels, width, fuse_at, blocks, dropout)
+
+    def forward_features(self, rgb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """[B,C,H,W] -> pooled feature [B, num_features]; both branches see the visible image."""
+        return super().forward_features(rgb, rgb)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.forward_head(self.forward_features(rgb))
+
+
 def _init_resnet(model: nn.Module) -> None:
     """torchvision's ResNet initialisation, plus zero-init of each block's last BN (trains faster from scratch)."""
     for m in model.modules():

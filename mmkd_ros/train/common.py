@@ -22,6 +22,10 @@ from mmkd_ros.errors import DatasetError
 from mmkd_ros.train.distributed import DistInfo
 
 
+# config.select_by -> key of classification_metrics() that picks the kept checkpoint
+SELECT_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1"}
+
+
 @dataclass
 class DataBundle:
     """The splits of one dataset prepared with one set of statistics."""
@@ -34,20 +38,25 @@ class DataBundle:
 
 
 def prepare_data(config: Config, data_dir: str | Path, input_size: Sequence[int] | None = None,
-                 normalization: dict[str, dict[str, list[float]]] | None = None) -> DataBundle:
-    """Open the dataset; statistics from the train split unless given (a teacher's, when distilling)."""
+                 normalization: dict[str, dict[str, list[float]]] | None = None,
+                 unlabelled: bool = True) -> DataBundle:
+    """Open the dataset; statistics from the train split unless given (a teacher's, when distilling).
+
+    ``unlabelled=False`` leaves training pairs without a label out (validation never uses them).
+    """
     info = open_dataset(data_dir, config.data.val_fraction, config.data.test_fraction)
     size = tuple(int(s) for s in (input_size or config.data.input_size))
     if normalization is None:
         normalization = compute_normalization(info, size)
-    train = PairDataset(info, "train", size, normalization, augment=config.data.augment)
+    train = PairDataset(info, "train", size, normalization, augment=config.data.augment,
+                        labelled_only=not unlabelled)
     val = PairDataset(info, "val", size, normalization, augment=False)
     if len(train) == 0:
         raise DatasetError(f"{data_dir}: no training pairs after the split; record more scenes (groups)")
     if len(val) == 0:
         print(f"warning: {data_dir} has no validation pairs (too few groups); validating on the train split",
               file=sys.stderr)
-        val = PairDataset(info, "train", size, normalization, augment=False)
+        val = PairDataset(info, "train", size, normalization, augment=False, labelled_only=True)
     return DataBundle(info, normalization, size, train, val)  # type: ignore[arg-type]
 
 

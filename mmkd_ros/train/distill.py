@@ -8,7 +8,12 @@ fool it while also fitting the labels::
     L_student = w_adv * gan_gen_loss(D(P(s))) + w_ce * CE(y, h(s)) [+ w_kd * KD] [+ w_feat * |P(s) - t|^2]
 
 ``method`` picks the terms at an equal budget: ``ce`` (student alone), ``kd`` (Hinton),
-``feat_l2`` (FitNets-style regression), ``adv`` (the method), ``adv+kd``.
+``feat_l2`` (FitNets-style regression), ``adv`` (the seed's method), ``adv+kd``, and
+``adv+focus``: the adversarial term on standardised teacher features weighted by how much of each
+the student can predict from RGB, plus that weighted per-sample regression and logit KD
+(:mod:`mmkd_ros.train.focus` explains why).
+
+Training pairs without a label (``-1``) feed every teacher term; cross-entropy skips them.
 """
 from __future__ import annotations
 
@@ -28,8 +33,9 @@ from mmkd_ros.losses import (
 )
 from mmkd_ros.models import build_model
 from mmkd_ros.train import checkpoint as ckpt_lib
+from mmkd_ros.train.focus import FeatureFocus
 from mmkd_ros.train.common import (
-    EpochLog, classification_metrics, cosine_schedule, format_epoch, make_eval_loader, make_train_loader,
+    SELECT_KEYS, EpochLog, classification_metrics, cosine_schedule, format_epoch, make_eval_loader, make_train_loader,
     gather_rng, load_resume_state, predict_logits, prepare_data, record_final, seed_everything,
     set_rng_state,
 )
@@ -69,6 +75,9 @@ class DistillModels:
     opt_student: torch.optim.Optimizer
     opt_disc: torch.optim.Optimizer | None
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    focus: FeatureFocus | None = None  # adv+focus only
+    steps_per_epoch: int = 1  # for the adversarial warm-up ramp
+    step: int = 0  # student updates so far (restored on resume)
 
 
 def uses_adversary(method: str) -> bool:
@@ -76,7 +85,23 @@ def uses_adversary(method: str) -> bool:
 
 
 def uses_projector(method: str) -> bool:
-    return method in ("feat_l2", "adv", "adv+kd")
+    return method in ("feat_l2", "adv", "adv+kd", "adv+focus")
+
+
+def uses_kd(method: str) -> bool:
+    return method in ("kd", "adv+kd", "adv+focus")
+
+
+def uses_unlabelled(config: Config) -> bool:
+    """Whether training keeps pairs without a label: only a method with a teacher term can use them."""
+    return config.data.unlabelled and config.distill.method != "ce"
+
+
+def adv_ramp(step: int, steps_per_epoch: int, warmup_epochs: float) -> float:
+    """Factor on ``w_adv``: linear from 0 to 1 over ``warmup_epochs`` (1 at once when 0)."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, step / (warmup_epochs * steps_per_epoch))
 
 
 def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillConfig, device: str) -> dict[str, float]:
@@ -88,14 +113,19 @@ def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillC
             teacher_logits = m.teacher.forward_head(teacher_features)  # [B, K]
     student_logits, student_projected = m.student(rgb)  # [B, K], [B, D_t] or None
     out: dict[str, float] = {}
+    if m.focus is not None:
+        m.focus.update(teacher_features, student_projected)
+        out["focus_r2"] = float(m.focus.r2.mean())  # mean share of the teacher feature the student predicts
+    # What D compares: raw pooled features, or (adv+focus) standardised and focus-weighted ones.
+    view = m.focus.focused if m.focus is not None else (lambda f: f)
 
     # 1) Discriminator: teacher features are real, student features fake and detached.
     if uses_adversary(cfg.method):
         # Optional condition: the teacher's class probabilities, so D judges "is this a teacher
         # feature *for this kind of scene*", not just "does it look like a teacher feature".
         condition = torch.softmax(teacher_logits, 1) if cfg.disc_condition == "teacher_probs" else None  # [B, K]
-        real = _with_condition(teacher_features, condition)  # [B, D_t (+K)]
-        fake = _with_condition(student_projected.detach(), condition)  # detached: no gradient to the student here
+        real = _with_condition(view(teacher_features), condition)  # [B, D_t (+K)]
+        fake = _with_condition(view(student_projected.detach()), condition)  # detached: no gradient to the student here
         _set_requires_grad(m.disc, True)
         for _ in range(cfg.d_steps):
             logits = m.disc(torch.cat([real, fake]))  # [2B]: one call keeps DDP simple
@@ -116,22 +146,26 @@ def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillC
     out["loss_ce"] = float(loss_ce.detach())
     if uses_adversary(cfg.method):
         _set_requires_grad(m.disc, False)
-        fake_for_student = _with_condition(student_projected, condition)  # with graph, into the student
+        fake_for_student = _with_condition(view(student_projected), condition)  # with graph, into the student
         loss_adv = gen_loss(cfg.gan_loss, unwrap(m.disc)(fake_for_student))  # unwrapped: no DDP sync for D
-        loss = loss + cfg.w_adv * loss_adv
+        loss = loss + adv_ramp(m.step, m.steps_per_epoch, cfg.adv_warmup_epochs) * cfg.w_adv * loss_adv
         out["loss_adv"] = float(loss_adv.detach())
-    if cfg.method in ("kd", "adv+kd"):
+    if uses_kd(cfg.method):
         loss_kd = kd_loss(student_logits, teacher_logits, cfg.kd_temperature)
         loss = loss + cfg.w_kd * loss_kd
         out["loss_kd"] = float(loss_kd.detach())
-    if cfg.method == "feat_l2":
-        loss_feat = feature_l2_loss(student_projected, teacher_features)
+    if cfg.method in ("feat_l2", "adv+focus"):
+        if m.focus is not None:
+            loss_feat = m.focus.regression_loss(student_projected, teacher_features)
+        else:
+            loss_feat = feature_l2_loss(student_projected, teacher_features)
         loss = loss + cfg.w_feat * loss_feat
         out["loss_feat"] = float(loss_feat.detach())
     m.opt_student.zero_grad(set_to_none=True)
     loss.backward()
     m.opt_student.step()
     m.scheduler.step()
+    m.step += 1
     out["loss"] = float(loss.detach())
     labelled = labels >= 0
     correct = (student_logits.detach().argmax(1) == labels)[labelled].float()  # acc 0 for an all-unlabelled batch
@@ -199,7 +233,11 @@ def build_distill_models(config: Config, teacher: nn.Module, teacher_dim: int, a
         # beta1 = 0.5: the usual GAN setting (Radford et al., 2016), momentum lags a moving target.
         opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.lr_disc, betas=(0.5, 0.999))
         disc = wrap_ddp(disc, dist)
-    return DistillModels(teacher, wrap_ddp(student_proj, dist), disc, opt_student, opt_disc, scheduler)
+    focus = None
+    if cfg.method == "adv+focus":
+        focus = FeatureFocus(teacher_dim, cfg.focus_momentum, cfg.focus_floor).to(dist.device)
+    return DistillModels(teacher, wrap_ddp(student_proj, dist), disc, opt_student, opt_disc, scheduler,
+                         focus, steps_per_epoch)
 
 
 def load_teacher(path: Path, device: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -219,7 +257,8 @@ def _run(config: Config, data_dir: Path, teacher_path: Path, out_dir: Path, resu
     seed_everything(config.seed + dist.rank)
     teacher, teacher_ckpt = load_teacher(teacher_path, dist.device)
     # The student must see exactly the teacher's pixels: same input size and normalisation.
-    data = prepare_data(config, data_dir, teacher_ckpt["input_size"], teacher_ckpt["normalization"])
+    data = prepare_data(config, data_dir, teacher_ckpt["input_size"], teacher_ckpt["normalization"],
+                        unlabelled=uses_unlabelled(config))
     classes, channels = data.info.classes, data.info.channels
     ckpt_lib.check_compatible(teacher_ckpt, classes, channels, teacher_path)
     train_loader = make_train_loader(data.train, config, len(classes), dist)
@@ -271,8 +310,9 @@ def _run(config: Config, data_dir: Path, teacher_path: Path, out_dir: Path, resu
             log.write(history)
             print(f"[distill {config.distill.method}] {format_epoch(row)}", file=sys.stderr)
             metrics = {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch": epoch + 1}
-            if val["accuracy"] >= best_acc:  # ties go to the later, longer-trained epoch
-                best_acc = val["accuracy"]
+            score = val[SELECT_KEYS[config.select_by]]
+            if score >= best_acc:  # ties go to the later, longer-trained epoch
+                best_acc = score
                 ckpt_lib.save_checkpoint(checkpoint(metrics, None), out_dir / BEST_NAME)
             ckpt_lib.save_checkpoint(checkpoint(metrics, _train_state(m, epoch + 1, best_acc, history, rngs)),
                                      out_dir / LAST_NAME)
@@ -295,6 +335,8 @@ def _train_state(m: DistillModels, epoch: int, best_acc: float, history: list[di
         "opt_student": m.opt_student.state_dict(),
         "opt_disc": m.opt_disc.state_dict() if m.opt_disc is not None else None,
         "scheduler": m.scheduler.state_dict(),
+        "focus": m.focus.state_dict() if m.focus is not None else None,
+        "step": m.step,
         "epoch": epoch, "best_acc": best_acc, "history": history, "rng": rngs,
     }
 
@@ -310,5 +352,8 @@ def _restore(state: dict[str, Any], m: DistillModels, dist: DistInfo) -> tuple[i
         m.opt_disc.load_state_dict(ts["opt_disc"])
     m.opt_student.load_state_dict(ts["opt_student"])
     m.scheduler.load_state_dict(ts["scheduler"])
+    if m.focus is not None:
+        m.focus.load_state_dict(ts["focus"])
+    m.step = ts.get("step", 0)
     set_rng_state(ts["rng"][min(dist.rank, len(ts["rng"]) - 1)])
     return ts["epoch"], ts["best_acc"], ts["history"]

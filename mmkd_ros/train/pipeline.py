@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from mmkd_ros.config import Config
 from mmkd_ros.errors import ConfigError
 from mmkd_ros.train import checkpoint as ckpt_lib
 from mmkd_ros.train.distributed import barrier, cleanup_distributed, setup_distributed
+
+if TYPE_CHECKING:
+    from mmkd_ros.data.extract import BagOptions
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,13 @@ def run_finished(run_dir: Path, epochs: int) -> bool:
     return int(ckpt_lib.load_checkpoint(last)["train_state"]["epoch"]) >= epochs
 
 
-def run_chain(config: Config, out_dir: str | Path, bag: str | Path | None = None, data: str | Path | None = None,
-              teacher: str | Path | None = None, resume: bool = False, split: str = "test") -> ChainResult:
-    """Extract (if ``bag``), train the teacher (unless ``teacher``), distill, evaluate.
+def run_chain(config: Config, out_dir: str | Path, bag: str | Path | Sequence[str | Path] | None = None,
+              data: str | Path | None = None, teacher: str | Path | None = None, resume: bool = False,
+              split: str = "test", bag_options: BagOptions | None = None) -> ChainResult:
+    """Extract (if ``bag``: one bag or several), train the teacher (unless ``teacher``), distill, evaluate.
 
+    ``bag_options`` (default ``BagOptions()``) says how the bags are extracted, e.g. grouped and
+    split by bag from a bag-splits file.
     Layout of ``out_dir``: ``dataset/`` (when extracted), ``teacher/``, ``student/``, ``eval/``.
     """
     from mmkd_ros.evaluate import evaluate
@@ -45,17 +52,18 @@ def run_chain(config: Config, out_dir: str | Path, bag: str | Path | None = None
     from mmkd_ros.train.distill import distill
     from mmkd_ros.train.teacher import train_teacher
 
-    if (bag is None) == (data is None):
+    bags = None if bag is None else [bag] if isinstance(bag, (str, Path)) else list(bag)
+    if (not bags) == (data is None):
         raise ConfigError("give exactly one data source: --bag BAG or --data DATASET_DIR")
     out_dir = Path(out_dir)
     dist = setup_distributed(resolve_device(config.device))
     try:
         dataset = Path(data) if data is not None else out_dir / "dataset"
-        if bag is not None:
+        if bags:
             if dist.is_main:
-                from mmkd_ros.data.extract import extract_bags
+                from mmkd_ros.data.extract import BagOptions, extract_bags
 
-                dataset = extract_bags([bag], dataset, progress=True).path
+                dataset = extract_bags(bags, dataset, bag_options or BagOptions(), progress=True).path
             barrier(dist)
         if teacher is None:
             teacher_dir = out_dir / "teacher"

@@ -20,7 +20,7 @@ from mmkd_ros.losses import classification_loss
 from mmkd_ros.models import build_model
 from mmkd_ros.train import checkpoint as ckpt_lib
 from mmkd_ros.train.common import (
-    EpochLog, classification_metrics, cosine_schedule, format_epoch, make_eval_loader, make_train_loader,
+    SELECT_KEYS, EpochLog, classification_metrics, cosine_schedule, format_epoch, make_eval_loader, make_train_loader,
     gather_rng, load_resume_state, predict_logits, prepare_data, record_final, seed_everything,
     set_rng_state,
 )
@@ -73,7 +73,7 @@ def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool, stop_aft
     if state is not None:
         config = config_lib.from_dict(state["config"])  # a resumed run keeps its own config
     seed_everything(config.seed + dist.rank)
-    data = prepare_data(config, data_dir)
+    data = prepare_data(config, data_dir, unlabelled=False)  # cross-entropy only: nothing to learn from them
     classes, channels = data.info.classes, data.info.channels
     arch_args = teacher_arch_args(config, len(classes), channels)
     model = build_model(config.teacher.arch, **arch_args).to(dist.device)
@@ -127,8 +127,9 @@ def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool, stop_aft
             log.write(history)
             print(f"[teacher] {format_epoch(row)}", file=sys.stderr)
             metrics = {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch": epoch + 1}
-            if val["accuracy"] >= best_acc:  # ties go to the later, longer-trained epoch
-                best_acc = val["accuracy"]
+            score = val[SELECT_KEYS[config.select_by]]
+            if score >= best_acc:  # ties go to the later, longer-trained epoch
+                best_acc = score
                 ckpt_lib.save_checkpoint(checkpoint(metrics, None), out_dir / BEST_NAME)
             train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "epoch": epoch + 1, "best_acc": best_acc, "history": history, "rng": rngs}

@@ -338,3 +338,142 @@ def test_dataset_json_is_plain_json_and_stable(demo, tmp_path):
     assert 0 < info["pairing"]["mean_abs_dt_ns"] <= info["pairing"]["max_abs_dt_ns"] <= 30 * MS
     assert info["cache_key"].startswith("sha256:")
     assert (tmp_path / "pairs").stat().st_mode & 0o755 == 0o755
+
+
+# --------------------------------------------------------------------------------------------
+# Split by bag (one bag = one unit: a field image, a block)
+
+
+def small_bags(folder, names=("img_a", "img_b", "img_c")):
+    """Bags of 6 pairs each, two label segments apiece (labels a, then b from 300 ms)."""
+    return [write_custom_bag(folder / name, {"/rgb": frames(6, 100),
+                                             "/nir": frames(6, 100, 5, "mono8")},
+                             labels=[(T0, "a"), (T0 + 300 * MS, "b")]) for name in names]
+
+
+def by_bag_options(**kwargs):
+    return BagOptions(rgb_topic="/rgb", nir_topic="/nir", **kwargs)
+
+
+def test_splits_file_makes_groups_bags_and_fixes_their_splits(tmp_path):
+    from mmkd_ros.data.dataset import open_dataset
+    from mmkd_ros.data.splits import SPLITS_FORMAT, read_bag_splits, write_bag_splits
+
+    bags = small_bags(tmp_path / "bags")
+    chosen = {"img_a": "train", "img_b": "val", "img_c": "test", "img_unused": "train"}
+    splits = write_bag_splits(tmp_path / "splits.json", chosen, chosen_by="hand")
+    payload = json.loads(splits.read_text())
+    assert payload["format"] == SPLITS_FORMAT and payload["chosen_by"] == "hand"
+    assert read_bag_splits(splits) == chosen
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file
+    result = extract_bags(bags, tmp_path / "pairs", by_bag_options(splits=str(splits)),
+                          progress=False)
+    rows = read_manifest(result.path)
+    assert len(rows) == 18 and {r["label"] for r in rows} == {"a", "b"}
+    assert {(r["group"], r["split"]) for r in rows} == {
+        ("img_a", "train"), ("img_b", "val"), ("img_c", "test")}
+    assert result.info["options"]["splits"]["sha256"]
+    # The dataset keeps the file's splits (nothing left to assign by group).
+    info = open_dataset(result.path, val_fraction=0.5, test_fraction=0.5)
+    assert {r.group: r.split for r in info.records} == {
+        "img_a": "train", "img_b": "val", "img_c": "test"}
+
+
+def test_group_by_bag_without_splits_file_leaves_splits_empty(tmp_path):
+    bags = small_bags(tmp_path / "bags", ("img_a", "img_b"))
+    result = extract_bags(bags, tmp_path / "pairs", by_bag_options(group_by="bag"),
+                          progress=False)
+    rows = read_manifest(result.path)
+    assert {r["group"] for r in rows} == {"img_a", "img_b"}
+    assert {r["split"] for r in rows} == {""}
+    segment = extract_bags(bags, tmp_path / "seg", by_bag_options(), progress=False)
+    assert {r["group"] for r in read_manifest(segment.path)} == {
+        "img_a:0", "img_a:1", "img_b:0", "img_b:1"}
+    assert segment.info["cache_key"] != result.info["cache_key"]
+    with pytest.raises(DatasetError, match="--group-by must be one of segment, bag, got 'image'"):
+        by_bag_options(group_by="image")
+
+
+def test_bag_missing_from_splits_file_fails_before_extracting(tmp_path):
+    from mmkd_ros.data.splits import write_bag_splits
+
+    bags = small_bags(tmp_path / "bags", ("img_a", "img_b"))
+    splits = write_bag_splits(tmp_path / "splits.json", {"img_a": "train"})
+    with pytest.raises(DatasetError) as error:
+        extract_bags(bags, tmp_path / "pairs", by_bag_options(splits=str(splits)),
+                     progress=False)
+    message = str(error.value)
+    assert "'img_b'" in message and str(splits) in message and "\n" not in message
+    assert not (tmp_path / "pairs").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["missing", "not_json", "format", "split", "shape"])
+def test_malformed_splits_file_is_one_line_error(tmp_path, case):
+    bags = small_bags(tmp_path / "bags", ("img_a",))
+    splits = tmp_path / "splits.json"
+    good = {"format": "mmkd_ros/bag-splits", "version": 1, "splits": {"img_a": "train"}}
+    text = {"missing": None, "not_json": "{splits: img_a}",
+            "format": json.dumps({**good, "format": "something/else"}),
+            "split": json.dumps({**good, "splits": {"img_a": "validation"}}),
+            "shape": json.dumps({**good, "splits": ["img_a"]})}[case]
+    if text is not None:
+        splits.write_text(text)
+    with pytest.raises(DatasetError) as error:
+        extract_bags(bags, tmp_path / "pairs", by_bag_options(splits=str(splits)),
+                     progress=False)
+    message = str(error.value)
+    assert str(splits) in message and "\n" not in message
+    expected = {"missing": "does not exist", "not_json": "is not valid JSON",
+                "format": "is not a bag-splits file", "split": "'validation'; use one of",
+                "shape": "must map bag names"}[case]
+    assert expected in message
+    assert not (tmp_path / "pairs").exists()
+
+
+def test_editing_the_splits_file_rebuilds_the_dataset(tmp_path):
+    from mmkd_ros.data.splits import write_bag_splits
+
+    bags = small_bags(tmp_path / "bags", ("img_a", "img_b"))
+    splits = write_bag_splits(tmp_path / "splits.json", {"img_a": "train", "img_b": "val"})
+    options = by_bag_options(splits=str(splits))
+    first = extract_bags(bags, tmp_path / "pairs", options, progress=False)
+    assert extract_bags(bags, tmp_path / "pairs", options, progress=False).reused
+    write_bag_splits(splits, {"img_a": "val", "img_b": "train"})
+    again = extract_bags(bags, tmp_path / "pairs", options, progress=False)
+    assert not again.reused and again.info["cache_key"] != first.info["cache_key"]
+    assert {(r["group"], r["split"]) for r in read_manifest(again.path)} == {
+        ("img_a", "val"), ("img_b", "train")}
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_bag_takes_several_paths_per_flag_and_splits(tmp_path, capsys):
+    import importlib.util
+
+    from mmkd_ros.data.splits import write_bag_splits
+    from mmkd_ros.errors import run_cli
+
+    spec = importlib.util.spec_from_file_location("extract_cli", EXTRACT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    a, b, c = small_bags(tmp_path / "bags")
+    splits = write_bag_splits(tmp_path / "splits.json",
+                              {"img_a": "train", "img_b": "val", "img_c": "test"})
+    topics = ["--rgb-topic", "/rgb", "--nir-topic", "/nir"]
+    out = tmp_path / "pairs"
+    assert run_cli(cli.main, ["--bag", str(a), str(b), "--bag", str(c), "--splits", str(splits),
+                              "--out", str(out), *topics]) == 0
+    rows = read_manifest(out)
+    assert {(r["group"], r["split"]) for r in rows} == {
+        ("img_a", "train"), ("img_b", "val"), ("img_c", "test")}
+    grouped = tmp_path / "grouped"
+    assert run_cli(cli.main, ["--bag", str(a), str(b), "--group-by", "bag", "--out",
+                              str(grouped), *topics]) == 0
+    assert {(r["group"], r["split"]) for r in read_manifest(grouped)} == {
+        ("img_a", ""), ("img_b", "")}
+    capsys.readouterr()
+    assert run_cli(cli.main, ["--bag", str(a), "--splits", str(tmp_path / "nope.json"),
+                              "--out", str(tmp_path / "x"), *topics]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bag-splits file") and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        cli.main(["--folder", str(tmp_path), "--splits", str(splits), "--out", str(tmp_path / "y")])

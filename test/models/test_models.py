@@ -8,7 +8,8 @@ from mmkd_ros.models.registry import MODELS
 torch.set_num_threads(1)
 SIZE = 64
 SMALL = {"teacher_resnet18_mid": {"width": 0.125}, "teacher_resnet_tiny": {"width": 0.125},
-         "student_mobilenetv3_small": {"width": 0.25}, "student_tiny": {"width": 0.5}}
+         "student_mobilenetv3_small": {"width": 0.25}, "student_tiny": {"width": 0.5},
+         "rgb_twin_resnet18_mid": {"width": 0.125}}
 
 
 def backward_reaches_every_parameter(model: torch.nn.Module, loss: torch.Tensor) -> None:
@@ -44,7 +45,7 @@ def test_teacher_rejects_a_bad_fusion_stage():
         build_model("teacher_resnet_tiny", num_classes=3, fuse_at=4)
 
 
-@pytest.mark.parametrize("name", model_names("student_"))
+@pytest.mark.parametrize("name", model_names("student_") + model_names("rgb_twin_"))
 @pytest.mark.parametrize("in_channels", [1, 3, 4])
 def test_student_forward_backward(name, in_channels):
     model = build_model(name, num_classes=7, in_channels=in_channels, **SMALL[name])
@@ -86,3 +87,15 @@ def test_default_student_is_at_most_a_fifth_of_the_default_teacher():
 
     assert params(student) <= params(teacher) / 5
     assert flops(student, torch.zeros(1, 3, *size)) <= flops(teacher, torch.zeros(1, 3, *size), torch.zeros(1, 1, *size)) / 5
+
+
+def test_rgb_twin_is_the_teacher_without_nir():
+    """The capacity control: the teacher's parameter count, both branches fed the visible image."""
+    teacher = build_model("teacher_resnet18_mid", num_classes=5, rgb_channels=1, nir_channels=1, width=0.25)
+    twin = build_model("rgb_twin_resnet18_mid", num_classes=5, in_channels=1, width=0.25)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(twin) == count(teacher)
+    twin.load_state_dict(teacher.state_dict())
+    rgb = torch.randn(2, 1, SIZE, SIZE)
+    teacher.eval(), twin.eval()
+    assert torch.allclose(twin(rgb), teacher(rgb, rgb))

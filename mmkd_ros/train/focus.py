@@ -1,0 +1,88 @@
+"""Feature focus: standardise the teacher's features and weight each by how predictable it is from RGB.
+
+Why (the ``adv+focus`` method). The teacher's fused feature mixes two kinds of dimensions: those
+the RGB image can explain (modality-general) and those only NIR can (modality-specific). The
+Modality Focusing Hypothesis (Xue et al., ICLR 2023) says only the first kind transfers to a
+student of the other modality. Plain adversarial distillation asks the student to match *all*
+of them: the discriminator wins on the NIR-only dimensions, which the student can never produce,
+and its gradient then says "look more like the teacher" without saying which cue, for which
+sample, is reachable.
+
+:class:`FeatureFocus` keeps running (EMA) statistics over training batches:
+
+- ``mean``, ``var`` [D]: of the teacher's features, to standardise both sides (no dimension wins
+  by scale alone);
+- ``r2`` [D]: per dimension, the share of the teacher feature's variance that the student's
+  projected feature explains, ``1 - E[(p - t)^2] / var(t)``, clipped to [0, 1]. This is measured
+  on the student as it learns, so it is the RGB-predictable share *as far as this student can
+  reach it*.
+
+The weight of a dimension is ``floor + (1 - floor) * r2``: a dimension the student cannot predict
+keeps only ``floor`` of its say, both in the per-sample regression and in what the discriminator
+sees. ``floor = 1`` switches focusing off (plain standardised features): that is the ablation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+
+class FeatureFocus(nn.Module):
+    """Running teacher-feature statistics and per-dimension predictability weights (no parameters)."""
+
+    def __init__(self, dim: int, momentum: float = 0.99, floor: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"focus floor must be in [0, 1], got {floor}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"focus momentum must be in [0, 1), got {momentum}")
+        self.momentum, self.floor, self.eps = momentum, floor, eps
+        self.register_buffer("mean", torch.zeros(dim))  # [D]
+        self.register_buffer("var", torch.ones(dim))  # [D]
+        self.register_buffer("r2", torch.zeros(dim))  # [D]
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, teacher: torch.Tensor, projected: torch.Tensor) -> None:
+        """Fold one batch in: ``teacher`` [B, D] and the student's ``projected`` [B, D] (both detached).
+
+        Under DDP the batch statistics are averaged over ranks first, so every rank keeps the same
+        weights and the replicas stay identical.
+        """
+        t, p = teacher.detach().float(), projected.detach().float()
+        stats = torch.stack([t.mean(0), (t * t).mean(0), ((p - t) ** 2).mean(0)])  # [3, D]
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.all_reduce(stats)
+            stats /= torch_dist.get_world_size()
+        mean, sq, err = stats
+        var = (sq - mean * mean).clamp_min(self.eps)  # [D]
+        r2 = (1.0 - err / var).clamp(0.0, 1.0)  # [D]
+        if not bool(self.initialised):
+            self.mean.copy_(mean)
+            self.var.copy_(var)
+            self.r2.copy_(r2)
+            self.initialised.fill_(True)
+            return
+        m = self.momentum
+        self.mean.mul_(m).add_(mean, alpha=1 - m)
+        self.var.mul_(m).add_(var, alpha=1 - m)
+        self.r2.mul_(m).add_(r2, alpha=1 - m)
+
+    def weights(self) -> torch.Tensor:
+        """[D] in [floor, 1]: how much each teacher dimension counts."""
+        return self.floor + (1.0 - self.floor) * self.r2
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, D] -> [B, D] in the teacher's units (zero mean, unit variance per dimension)."""
+        return (features - self.mean) / torch.sqrt(self.var + self.eps)
+
+    def focused(self, features: torch.Tensor) -> torch.Tensor:
+        """Standardised and scaled by ``sqrt(weight)``: what the discriminator sees, [B, D]."""
+        return self.standardise(features) * torch.sqrt(self.weights())
+
+    def regression_loss(self, projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Weighted per-sample regression in standardised units: sum_d w_d (p_d - t_d)^2 / sum_d w_d, batch mean."""
+        w = self.weights()  # [D]
+        diff = self.standardise(projected) - self.standardise(teacher)  # [B, D]
+        return ((diff * diff) * w).sum(1).mean() / w.sum()

@@ -1,0 +1,57 @@
+"""Feature focus: running statistics, predictability weights and the weighted regression by hand."""
+import pytest
+import torch
+
+from mmkd_ros import config as config_lib
+from mmkd_ros.errors import ConfigError
+from mmkd_ros.train.focus import FeatureFocus
+
+
+def test_first_batch_sets_statistics_and_r2_by_hand():
+    teacher = torch.tensor([[0.0, 1.0], [2.0, 3.0]])  # per-dim mean [1, 2], variance [1, 1]
+    projected = torch.tensor([[0.0, 2.0], [2.0, 2.0]])  # dim 0 exact; dim 1 always off by 1
+    focus = FeatureFocus(2, momentum=0.5, floor=0.2)
+    focus.update(teacher, projected)
+    assert torch.allclose(focus.mean, torch.tensor([1.0, 2.0]))
+    assert torch.allclose(focus.var, torch.tensor([1.0, 1.0]))
+    assert torch.allclose(focus.r2, torch.tensor([1.0, 0.0]))  # 1 - err/var, clipped at 0
+    assert torch.allclose(focus.weights(), torch.tensor([1.0, 0.2]))  # floor + (1 - floor) * r2
+    # Weighted regression in standardised units: dim 0 error 0, dim 1 error 1 on both samples.
+    expected = (1.0 * 0.0 + 0.2 * 1.0) / 1.2
+    assert focus.regression_loss(projected, teacher).item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_later_batches_are_averaged_with_the_momentum():
+    focus = FeatureFocus(1, momentum=0.75, floor=0.0)
+    focus.update(torch.tensor([[0.0], [2.0]]), torch.tensor([[0.0], [2.0]]))  # r2 1
+    focus.update(torch.tensor([[0.0], [2.0]]), torch.tensor([[2.0], [0.0]]))  # err 4 > var 1: r2 0
+    assert focus.r2.item() == pytest.approx(0.75)
+
+
+def test_floor_one_switches_focusing_off_and_focused_view_is_standardised():
+    focus = FeatureFocus(3, floor=1.0)
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(64, 3, generator=generator) * torch.tensor([1.0, 10.0, 0.1]) + 5
+    focus.update(teacher, torch.zeros(64, 3))
+    assert torch.equal(focus.weights(), torch.ones(3))
+    view = focus.focused(teacher)
+    assert torch.allclose(view.mean(0), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(view.std(0, unbiased=False), torch.ones(3), atol=1e-3)
+
+
+def test_unpredictable_dimension_loses_its_say():
+    generator = torch.Generator().manual_seed(0)
+    focus = FeatureFocus(2, momentum=0.9, floor=0.1)
+    for _ in range(50):
+        teacher = torch.randn(32, 2, generator=generator)
+        predicted = torch.stack([teacher[:, 0], torch.randn(32, generator=generator)], 1)  # dim 1: noise
+        focus.update(teacher, predicted)
+    w = focus.weights()
+    assert w[0] > 0.95 and w[1] < 0.15
+
+
+@pytest.mark.parametrize("override", ["distill.focus_floor=1.5", "distill.focus_momentum=1.0",
+                                      "distill.adv_warmup_epochs=-1", "distill.d_steps=0"])
+def test_bad_focus_settings_are_config_errors(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
+        config_lib.load(None, [override])
