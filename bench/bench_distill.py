@@ -2,7 +2,7 @@
 """Distillation methods at an equal budget on the synthetic demo bag, over several seeds.
 
 Per seed: train the RGB+NIR teacher, then one RGB-only student per method (ce = the student alone,
-kd = Hinton, feat_l2 = FitNets-style regression, adv = adversarial, adv+kd), all with the same
+kd = Hinton, feat_l2 = FitNets-style regression, adv = adversarial, adv+kd, adv+focus), all with the same
 epochs, batch size and optimiser; evaluate every model on the held-out test scenes. Reports mean ±
 std of test accuracy and macro-F1, the share of the gap between the RGB-only baseline (ce) and the
 teacher that each method closes, and student vs teacher parameters and FLOPs (the student must
@@ -40,7 +40,7 @@ from mmkd_ros.train.teacher import train_teacher  # noqa: E402
 from report_section import replace_section  # noqa: E402
 
 TITLE = "Distillation methods at an equal budget (synthetic demo bag)"
-METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd")
+METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd", "adv+focus")
 
 
 def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple[str, ...]) -> dict:
@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_distill")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--every", type=int, default=2, help="keep every N-th pair (default %(default)s: "
-                        "15 Hz frames of one scene are near-duplicates; halves the time)")
+    parser.add_argument("--duration", type=float, default=270.0,
+                        help="seconds of simulated recording per seed (default %(default)s: about 140 scenes, so "
+                             "about 20 held-out test scenes per seed)")
+    parser.add_argument("--every", type=int, default=6, help="keep every N-th pair (default %(default)s: "
+                        "15 Hz frames of one scene are near-duplicates; more scenes, not more frames)")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "train.yaml")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -104,10 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         # Seed s = the demo bag's simulator with seed s (seed 0 is the demo bag itself): new scenes per
         # seed, so the spread covers the data as well as the initialisation.
-        bag = args.bag or args.work / f"demo_bag_seed{seed}"
+        bag = args.bag or args.work / f"sim_seed{seed}_{args.duration:g}s"
         if args.bag is None and not bag.exists():
-            write_bag(bag, SyntheticConfig(seed=seed))
-        dataset = extract_bags([bag], args.work / f"pairs_seed{seed}_every{args.every}" if args.bag is None
+            write_bag(bag, SyntheticConfig(seed=seed, duration_s=args.duration))
+        dataset = extract_bags([bag], args.work / f"pairs_seed{seed}_{args.duration:g}s_every{args.every}" if args.bag is None
                                else args.work / f"pairs_every{args.every}", BagOptions(every=args.every),
                                progress=False).path
         config = config_lib.replace(base, seed=seed)
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{command.strip()}` ({wall / 60:.1f} min on {torch.get_num_threads()} CPU threads, "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}).",
         "",
-        f"Data: {'the bag ' + str(args.bag) if args.bag else 'the demo bag simulator (SyntheticConfig(seed=s): 90 s, 40 scenes; seed 0 is the demo bag)'}, "
+        f"Data: {'the bag ' + str(args.bag) if args.bag else f'the demo bag simulator (SyntheticConfig(seed=s, duration_s={args.duration:g}): scenes of 1.2-2.6 s, so about {args.duration / 1.9:.0f} scenes per bag)'}, "
         f"pairs extracted with every={args.every}, split by scene (70/15/15 % of the scenes of each class); "
         f"test pairs per seed: {pairs} (held-out scenes). Seeds {args.seeds}: one teacher per seed, every "
         f"student of a seed distilled from it with the same budget ({base.distill.epochs} epochs, batch "

@@ -31,8 +31,8 @@ The choice depends on the annotations only (not on window or stride). No test sp
 upstream test images are withheld for a later independent check.
 
 Output (``--out``): ``bags/cwfid_<id>/`` (one mcap bag per image), ``splits.json``, ``frames.csv``.
-Then: ``training/extract.py $(printf -- '--bag %s ' OUT/bags/*) --out DATA`` and
-``bench/realdata/apply_splits.py DATA OUT/splits.json``.
+Then: ``training/extract.py --bag OUT/bags/* --splits OUT/splits.json --out DATA`` (split by bag),
+or the whole method study: ``bench/bench_realdata.py --conversion OUT --name cwfid``.
 """
 from __future__ import annotations
 

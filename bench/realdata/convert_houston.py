@@ -33,8 +33,8 @@ validation holds close to 20% of the labelled frames. Classes confined to one bl
 ``splits.json`` lists the classes that are thin on a side.
 
 Output (``--out``): ``bags/houston_r<row>c<col>/``, ``splits.json``, ``frames.csv``.
-Then: ``training/extract.py $(printf -- '--bag %s ' OUT/bags/*) --out DATA`` and
-``bench/realdata/apply_splits.py DATA OUT/splits.json``.
+Then: ``training/extract.py --bag OUT/bags/* --splits OUT/splits.json --out DATA`` (split by bag),
+or the whole method study: ``bench/bench_realdata.py --conversion OUT --name houston``.
 """
 from __future__ import annotations
 

@@ -227,6 +227,9 @@ class PairDataset(Dataset):
         return torch.bincount(labelled, minlength=num_classes).tolist()
 
 
+MAX_UNLABELLED_SHARE = 0.5  # of the training draws, when most pairs have no label
+
+
 class EpochSampler(Sampler[int]):
     """Shuffled (or class-balanced) indices for one rank, a pure function of ``(seed, epoch)``.
 
@@ -234,10 +237,17 @@ class EpochSampler(Sampler[int]):
     with class-balancing weights; being a function of the epoch is what makes ``--resume`` exact.
     """
 
-    def __init__(self, labels: torch.Tensor, num_classes: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        counts = torch.bincount(labels[labels >= 0], minlength=num_classes).clamp_min(1).double()  # [K]
-        per_class = 1.0 / counts
-        unlabelled_weight = float(per_class.mean())
+    def __init__(self, labels: torch.Tensor, num_classes: int, seed: int, rank: int = 0, world_size: int = 1,
+                 max_unlabelled_share: float = MAX_UNLABELLED_SHARE, balanced: bool = True) -> None:
+        counts = torch.bincount(labels[labels >= 0], minlength=num_classes).double()  # [K]
+        per_class = 1.0 / counts.clamp_min(1) if balanced else torch.ones(num_classes, dtype=torch.double)
+        # Every class present draws the same total weight. Unlabelled pairs draw their share of the
+        # data, capped at max_unlabelled_share of the draws: when most frames are unlabelled (a
+        # robot's drive), they must not crowd the labelled ones out of the cross-entropy.
+        labelled_total = float((counts > 0).sum()) if balanced else float(counts.sum())
+        n_unlabelled = int((labels < 0).sum())
+        share = min(n_unlabelled / max(1, len(labels)), max_unlabelled_share)
+        unlabelled_weight = share / (1.0 - share) * labelled_total / n_unlabelled if n_unlabelled else 0.0
         self.weights = torch.where(labels >= 0, per_class[labels.clamp_min(0)], unlabelled_weight)  # [N]
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
         self.num_samples = -(-len(labels) // world_size)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mmkd_ros.config import Config
-from mmkd_ros.data.dataset import DatasetInfo, EpochSampler, PairDataset, compute_normalization, open_dataset
+from mmkd_ros.data.dataset import MAX_UNLABELLED_SHARE, DatasetInfo, EpochSampler, PairDataset, compute_normalization, open_dataset
 from mmkd_ros.errors import DatasetError
 from mmkd_ros.train.distributed import DistInfo
 
@@ -62,8 +62,11 @@ def prepare_data(config: Config, data_dir: str | Path, input_size: Sequence[int]
 
 def make_train_loader(dataset: PairDataset, config: Config, num_classes: int, dist: DistInfo) -> DataLoader:
     """Shuffled loader whose order depends only on (seed, epoch, rank): ``--resume`` replays it exactly."""
-    if config.data.class_balanced:
-        sampler: Any = EpochSampler(dataset.labels, num_classes, config.seed, dist.rank, dist.world_size)
+    unlabelled_share = float((dataset.labels < 0).float().mean()) if len(dataset) else 0.0
+    if config.data.class_balanced or unlabelled_share > MAX_UNLABELLED_SHARE:
+        # Weighted draws: balanced classes, and/or unlabelled pairs capped at MAX_UNLABELLED_SHARE.
+        sampler: Any = EpochSampler(dataset.labels, num_classes, config.seed, dist.rank, dist.world_size,
+                                    balanced=config.data.class_balanced)
     else:
         sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                      seed=config.seed)

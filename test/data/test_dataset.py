@@ -46,6 +46,26 @@ def test_unlabelled_pairs_get_minus_one_and_stay_in_the_data(hashed):
     assert info.classes == CLASSES
 
 
+def test_labelled_only_leaves_unlabelled_training_pairs_out(tiny_dataset_with_splits):
+    from mmkd_ros import config as config_lib
+    from mmkd_ros.train.common import prepare_data
+    from mmkd_ros.train.distill import uses_unlabelled
+
+    info = open_dataset(tiny_dataset_with_splits)
+    norm = compute_normalization(info, (16, 16))
+    every = PairDataset(info, "train", (16, 16), norm)
+    labelled = PairDataset(info, "train", (16, 16), norm, labelled_only=True)
+    unlabelled = int((every.labels == -1).sum())
+    assert unlabelled >= 1 and (labelled.labels >= 0).all()
+    assert len(labelled) == len(every) - unlabelled
+    config = config_lib.load(None, ["data.input_size=[16, 16]"])
+    assert len(prepare_data(config, tiny_dataset_with_splits, unlabelled=False).train) == len(labelled)
+    # Distillation keeps them (teacher terms need no label), except the ce baseline and on request.
+    assert uses_unlabelled(config_lib.replace(config, distill={"method": "adv+focus"}))
+    assert not uses_unlabelled(config_lib.replace(config, distill={"method": "ce"}))
+    assert not uses_unlabelled(config_lib.replace(config, data={"unlabelled": False}))
+
+
 def test_assign_splits_keeps_given_splits():
     from mmkd_ros.data.dataset import PairRecord
 
@@ -113,3 +133,21 @@ def test_channel_counts_come_from_the_dataset(tmp_path, nir_channels):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="not an extracted pair dataset"):
         open_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_sampler_caps_unlabelled_pairs_and_balances_classes(balanced):
+    from mmkd_ros.data.dataset import EpochSampler
+
+    # 80 % unlabelled, class 0 nine times as common as class 1: a robot's drive.
+    labels = torch.tensor([0] * 90 + [1] * 10 + [-1] * 400)
+    sampler = EpochSampler(labels, 2, seed=0, balanced=balanced)
+    drawn = labels[torch.tensor(list(sampler))]
+    assert len(drawn) == len(labels)
+    unlabelled = (drawn < 0).float().mean().item()
+    assert unlabelled == pytest.approx(0.5, abs=0.06)  # capped at half of the draws, not 80 %
+    ratio = (drawn == 1).sum().item() / (drawn == 0).sum().item()
+    assert ratio == pytest.approx(1.0 if balanced else 1 / 9, rel=0.35)
+    few = EpochSampler(torch.tensor([0] * 45 + [1] * 45 + [-1] * 10), 2, seed=0)
+    share = (torch.tensor([0] * 45 + [1] * 45 + [-1] * 10)[torch.tensor(list(few))] < 0).float().mean().item()
+    assert share == pytest.approx(0.1, abs=0.07)  # below the cap: their natural share

@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""The method study on real RGB/red + NIR bags (CWFID, Houston 2018), one command per dataset.
+
+Per seed: the RGB+NIR teacher, the RGB-only ``ce`` baseline, an RGB-only model as large as the
+teacher (``rgb_twin_resnet18_mid``: is the teacher's edge NIR or capacity?), and the students
+``kd``, ``feat_l2``, ``adv``, ``adv+kd`` and ``adv+focus``, each trained twice: on every paired
+frame of the training bags (labelled or not; cross-entropy only where a label exists) and on the
+labelled frames only. Everything at one budget; evaluated on the validation bags (the converters'
+image / block split). Reports accuracy and macro-F1 (mean ± std), the share of the ce-to-teacher
+gap each closes, parameters, FLOPs and CPU latency, writes a bar chart PNG and its section of
+BENCHMARKS.md.
+
+  python bench/realdata/convert_cwfid.py --out /tmp/cwfid          # once: bags + splits.json
+  python bench/bench_realdata.py --conversion /tmp/cwfid --name cwfid
+  python bench/bench_realdata.py --conversion /tmp/houston --name houston --every 1
+
+``--label-share 0.25`` keeps the labels of a quarter of the training bags only (the others become
+unlabelled drives), the setting of a robot that records far more than anyone annotates.
+Runs already finished in ``--work`` are reused, so an interrupted study continues.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep on a shared CPU
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from mmkd_ros import config as config_lib  # noqa: E402
+from mmkd_ros.data.extract import BagOptions, extract_bags  # noqa: E402
+from mmkd_ros.data.manifest import MANIFEST_NAME, read_manifest, write_manifest  # noqa: E402
+from mmkd_ros.data.splits import read_bag_splits  # noqa: E402
+from mmkd_ros.errors import DatasetError, run_cli  # noqa: E402
+
+STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+focus")  # the methods with a teacher term
+TWIN_ARCH = "rgb_twin_resnet18_mid"
+# Study budget (overridable with key=value): small inputs so 3 seeds x 13 runs fit a CPU afternoon.
+STUDY_OVERRIDES = ["device=cpu", "select_by=macro_f1", "data.class_balanced=true", "data.input_size=[32, 32]",
+                   "data.batch_size=64", "teacher.epochs=8", "distill.epochs=8"]
+
+
+def run_name(method: str, unlabelled: bool) -> str:
+    return method if unlabelled or method in ("ce", "twin", "teacher") else f"{method}-labelled"
+
+
+def plan(methods: tuple[str, ...], has_unlabelled: bool) -> list[tuple[str, str, bool]]:
+    """(run name, method, keeps unlabelled pairs) of every student run of one seed."""
+    runs = [("ce", "ce", False), ("twin", "ce", False)]
+    for method in methods:
+        runs.append((run_name(method, True), method, True))
+        if has_unlabelled:
+            runs.append((run_name(method, False), method, False))
+    return runs
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def train_teacher_job(config_tree: dict, dataset: str, out: str) -> str:
+    from mmkd_ros.train.teacher import train_teacher
+
+    done = Path(out) / "teacher.pt"
+    if done.is_file() and (Path(out) / "done").is_file():
+        return str(done)
+    resume = (Path(out) / "last.pt").is_file()
+    path = train_teacher(config_lib.from_dict(config_tree), dataset, out, resume=resume)
+    (Path(out) / "done").write_text("ok\n")
+    return str(path)
+
+
+def distill_job(config_tree: dict, dataset: str, teacher: str, out: str) -> str:
+    from mmkd_ros.train.distill import distill
+
+    done = Path(out) / "student.pt"
+    if done.is_file() and (Path(out) / "done").is_file():
+        return str(done)
+    resume = (Path(out) / "last.pt").is_file()
+    path = distill(config_lib.from_dict(config_tree), dataset, teacher, out, resume=resume)
+    (Path(out) / "done").write_text("ok\n")
+    return str(path)
+
+
+def evaluate_job(checkpoints: dict[str, str], dataset: str, out: str) -> dict:
+    from mmkd_ros.evaluate import evaluate
+
+    return evaluate(checkpoints, dataset, out, split="val", latency_runs=30)
+
+
+def scarce_labels(dataset: Path, out: Path, share: float) -> Path:
+    """A copy of ``dataset`` (images linked) where only ``share`` of the training bags keep labels.
+
+    Bags are taken in name order, every k-th one, so the choice is reproducible and spread over
+    the recording; validation keeps all its labels.
+    """
+    rows = read_manifest(dataset)
+    train_bags = sorted({r["group"] for r in rows if r["split"] == "train"})
+    step = max(1, round(1 / share))
+    keep = set(train_bags[::step])
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("rgb", "nir"):
+        link = out / sub
+        if not link.exists():
+            link.symlink_to((dataset / sub).resolve())
+    for row in rows:
+        if row["split"] == "train" and row["group"] not in keep:
+            row["label"] = ""
+    info = json.loads((dataset / "dataset.json").read_text())
+    info["cache_key"] = f"{info.get('cache_key', '')}:labels-{len(keep)}-of-{len(train_bags)}"
+    info["label_share"] = {"kept_bags": sorted(keep), "train_bags": len(train_bags)}
+    tmp = out / (MANIFEST_NAME + ".tmp")
+    write_manifest(tmp, rows)
+    os.replace(tmp, out / MANIFEST_NAME)
+    (out / "dataset.json.tmp").write_text(json.dumps(info, indent=1))
+    os.replace(out / "dataset.json.tmp", out / "dataset.json")
+    return out
+
+
+def count_frames(dataset: Path) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for row in read_manifest(dataset):
+        split = counts.setdefault(row["split"], {"labelled": 0, "unlabelled": 0})
+        split["labelled" if row["label"] else "unlabelled"] += 1
+    return counts
+
+
+def mean_std(values: list[float], scale: float = 100.0) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0] * scale:.1f}"
+    return f"{statistics.mean(values) * scale:.1f} ± {statistics.stdev(values) * scale:.1f}"
+
+
+def gap_shares(reports: list[dict], name: str, key: str) -> list[float]:
+    shares = []
+    for r in reports:
+        base, top = r["models"]["ce"][key], r["models"]["teacher"][key]
+        if top > base:
+            shares.append((r["models"][name][key] - base) / (top - base))
+    return shares
+
+
+def summarise(reports: list[dict], names: list[str]) -> tuple[str, dict]:
+    lines = ["| model | inputs | unlabelled frames | accuracy % | macro-F1 % | gap closed, macro-F1 | "
+             "gap closed, accuracy | params | MFLOPs | CPU ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    summary: dict = {}
+    for name in names:
+        acc = [r["models"][name]["accuracy"] for r in reports]
+        f1 = [r["models"][name]["macro_f1"] for r in reports]
+        first = reports[0]["models"][name]
+        lat = statistics.median(r["models"][name]["latency_ms"] for r in reports)
+        special = name in ("teacher", "ce")
+        gap_f1 = [] if special else gap_shares(reports, name, "macro_f1")
+        gap_acc = [] if special else gap_shares(reports, name, "accuracy")
+        summary[name] = {"accuracy": acc, "macro_f1": f1, "gap_macro_f1": gap_f1, "gap_accuracy": gap_acc,
+                         "params": first["params"], "flops": first["flops"], "latency_ms": lat}
+        inputs = "RGB+NIR" if name == "teacher" else "RGB"
+        unl = "-" if name in ("teacher", "ce", "twin") else ("no" if name.endswith("-labelled") else "yes")
+        base_text = "0 (baseline)" if name == "ce" else "-"
+        lines.append(
+            f"| {name} | {inputs} | {unl} | {mean_std(acc)} | {mean_std(f1)} | "
+            f"{mean_std(gap_f1, 1.0) if gap_f1 else base_text} | {mean_std(gap_acc, 1.0) if gap_acc else base_text} | "
+            f"{first['params'] / 1e6:.2f} M | {first['flops'] / 1e6:.1f} | {lat:.2f} |")
+    return "\n".join(lines), summary
+
+
+def bar_chart(summary: dict, names: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 3.6), dpi=120)
+    means = [statistics.mean(summary[n]["macro_f1"]) * 100 for n in names]
+    stds = [statistics.stdev(summary[n]["macro_f1"]) * 100 if len(summary[n]["macro_f1"]) > 1 else 0 for n in names]
+    colours = ["#4c72b0" if n == "teacher" else "#999999" if n in ("ce", "twin") else
+               "#dd8452" if n.endswith("-labelled") else "#55a868" for n in names]
+    ax.bar(range(len(names)), means, yerr=stds, color=colours, capsize=3)
+    ax.axhline(means[names.index("ce")], color="#999999", lw=0.8, ls="--")
+    ax.axhline(means[names.index("teacher")], color="#4c72b0", lw=0.8, ls="--")
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("validation macro-F1 (%)")
+    low = min(m - s for m, s in zip(means, stds))
+    ax.set_ylim(max(0, low - 5), min(100, max(m + s for m, s in zip(means, stds)) + 3))
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversion", type=Path, required=True,
+                        help="converter output: bags/ and splits.json (bench/realdata/convert_*.py)")
+    parser.add_argument("--name", required=True, help="dataset name for the report (cwfid, houston)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where datasets and runs go (default: $TMPDIR/mmkd_ros_study/NAME, outside "
+                             "the project: the data are research-only)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(STUDENTS), choices=STUDENTS)
+    parser.add_argument("--every", type=int, default=2, help="keep every N-th frame of a bag (default "
+                        "%(default)s: neighbouring frames overlap by half)")
+    parser.add_argument("--label-share", type=float, default=1.0,
+                        help="keep labels on this share of the training bags (default all)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if not 0.0 < args.label_share <= 1.0:
+        raise DatasetError(f"--label-share {args.label_share} must be in (0, 1]")
+    splits_file = args.conversion / "splits.json"
+    splits = read_bag_splits(splits_file)
+    bags = sorted(p for p in (args.conversion / "bags").iterdir() if p.name in splits)
+    if not bags:
+        raise DatasetError(f"{args.conversion}/bags holds none of the bags {splits_file} lists: "
+                           "point --conversion at a converter's --out folder")
+    work = args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "mmkd_ros_study" / args.name
+    label_tag = "" if args.label_share >= 1.0 else f"_labels{args.label_share:g}"
+    dataset = extract_bags(bags, work / f"pairs_every{args.every}",
+                           BagOptions(every=args.every, splits=str(splits_file)), progress=False).path
+    if label_tag:
+        dataset = scarce_labels(dataset, work / f"pairs_every{args.every}{label_tag}", args.label_share)
+    frames = count_frames(dataset)
+    train = frames.get("train", {"labelled": 0, "unlabelled": 0})
+    # "Labelled only" runs are worth their time when unlabelled frames are more than a sliver of the data.
+    has_unlabelled = train["unlabelled"] >= 0.05 * (train["labelled"] + train["unlabelled"])
+    base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *args.overrides])
+    runs = plan(tuple(args.methods), has_unlabelled)
+    names = ["teacher", "twin", "ce"] + [r[0] for r in runs[2:]]
+
+    reports: dict[int, dict] = {}
+    with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init) as pool:
+        pending: dict[Future, tuple[str, int, str]] = {}
+        students: dict[int, dict[str, str]] = {}
+        for seed in args.seeds:
+            config = config_lib.replace(base, seed=seed)
+            out = work / f"runs{label_tag}" / f"seed{seed}"
+            fut = pool.submit(train_teacher_job, config_lib.to_dict(config), str(dataset), str(out / "teacher"))
+            pending[fut] = ("teacher", seed, "teacher")
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                kind, seed, name = pending.pop(fut)
+                path = fut.result()  # a failed run stops the study with its own error
+                print(f"[bench_realdata] seed {seed} {name} done at {time.perf_counter() - start:.0f} s",
+                      file=sys.stderr)
+                out = work / f"runs{label_tag}" / f"seed{seed}"
+                if kind == "teacher":
+                    students[seed] = {"teacher": path}
+                    config = config_lib.replace(base, seed=seed)
+                    for run, method, unlabelled in runs:
+                        student = {"arch": TWIN_ARCH, "width": config.teacher.width} if run == "twin" else {}
+                        run_config = config_lib.replace(config, distill={"method": method},
+                                                        data={"unlabelled": unlabelled}, **(
+                                                            {"student": student} if student else {}))
+                        f = pool.submit(distill_job, config_lib.to_dict(run_config), str(dataset), path,
+                                        str(out / run.replace("+", "_")))
+                        pending[f] = ("student", seed, run)
+                elif kind == "student":
+                    students[seed][name] = path
+                    if len(students[seed]) == len(runs) + 1:
+                        ordered = {n: students[seed][n] for n in names}
+                        f = pool.submit(evaluate_job, ordered, str(dataset), str(out / "eval"))
+                        pending[f] = ("eval", seed, "eval")
+                else:
+                    reports[seed] = path  # evaluate's report
+    ordered_reports = [reports[s] for s in args.seeds]
+    table, summary = summarise(ordered_reports, names)
+    figure = REPO / "bench" / "figures" / f"realdata_{args.name}{label_tag}.png"
+    bar_chart(summary, names, f"{args.name}{label_tag}: validation macro-F1, {len(args.seeds)} seeds "
+              f"(green: with unlabelled frames, orange: labelled only)", figure)
+    wall = time.perf_counter() - start
+    (work / f"summary{label_tag}.json").write_text(json.dumps({"summary": summary, "frames": frames,
+                                                               "wall_s": wall}, indent=2))
+    shown = " ".join(argv if argv is not None else sys.argv[1:])
+    teacher = summary["teacher"]
+    ratio_p = summary["ce"]["params"] / teacher["params"]
+    ratio_f = summary["ce"]["flops"] / teacher["flops"]
+    body = "\n".join([
+        f"Command: `python bench/bench_realdata.py {shown}` ({wall / 60:.1f} min, {args.jobs} processes x 1 "
+        f"thread, {platform.machine()}).",
+        "",
+        f"Frames (every {args.every}-th of each bag): " + "; ".join(
+            f"{split}: {c['labelled']} labelled, {c['unlabelled']} unlabelled" for split, c in sorted(frames.items()))
+        + f". Split by bag as the converter's splits.json says; evaluated on the validation bags. Seeds {args.seeds}: one "
+        f"teacher per seed, every student of a seed distilled from it at the same budget ({base.distill.epochs} epochs, "
+        f"batch {base.data.batch_size}, input {base.data.input_size[0]}x{base.data.input_size[1]}, class-balanced "
+        "sampling, checkpoint kept by validation macro-F1). `twin` = the teacher's architecture with RGB in both "
+        "branches, trained with cross-entropy. `-labelled` = the same method trained on labelled frames only.",
+        "",
+        table,
+        "",
+        f"Gap closed = (method - ce) / (teacher - ce), per seed, then mean ± std. Student: {ratio_p:.3f} of the "
+        f"teacher's parameters, {ratio_f:.3f} of its FLOPs. Chart: `bench/figures/{figure.name}`.",
+    ])
+    print(body)
+    if not args.no_write:
+        from report_section import replace_section
+
+        replace_section(f"Real data: {args.name}{label_tag} method study", body)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
