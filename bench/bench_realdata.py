@@ -54,13 +54,18 @@ def run_name(method: str, unlabelled: bool) -> str:
     return method if unlabelled or method in ("ce", "twin", "teacher") else f"{method}-labelled"
 
 
-def plan(methods: tuple[str, ...], has_unlabelled: bool) -> list[tuple[str, str, bool]]:
-    """(run name, method, keeps unlabelled pairs) of every student run of one seed."""
+def plan(methods: tuple[str, ...], has_unlabelled: bool, variant: str = "") -> list[tuple[str, str, bool]]:
+    """(run name, method, keeps unlabelled pairs) of every student run of one seed.
+
+    A ``variant`` (an ablation run with extra overrides) suffixes the distilled students' names;
+    the teacher, ``ce`` and ``twin`` runs are shared with the main study.
+    """
     runs = [("ce", "ce", False), ("twin", "ce", False)]
+    suffix = f"[{variant}]" if variant else ""
     for method in methods:
-        runs.append((run_name(method, True), method, True))
+        runs.append((run_name(method, True) + suffix, method, True))
         if has_unlabelled:
-            runs.append((run_name(method, False), method, False))
+            runs.append((run_name(method, False) + suffix, method, False))
     return runs
 
 
@@ -220,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
                         "%(default)s: neighbouring frames overlap by half)")
     parser.add_argument("--label-share", type=float, default=1.0,
                         help="keep labels on this share of the training bags (default all)")
+    parser.add_argument("--variant", default="", help="name of an ablation: the overrides apply to the "
+                        "distilled students only, whose runs get this suffix; teacher, ce and twin are reused")
     parser.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each")
     parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
@@ -235,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
                            "point --conversion at a converter's --out folder")
     work = args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "mmkd_ros_study" / args.name
     label_tag = "" if args.label_share >= 1.0 else f"_labels{args.label_share:g}"
+    report_tag = label_tag + (f"_{args.variant}" if args.variant else "")
     dataset = extract_bags(bags, work / f"pairs_every{args.every}",
                            BagOptions(every=args.every, splits=str(splits_file)), progress=False).path
     if label_tag:
@@ -243,8 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     train = frames.get("train", {"labelled": 0, "unlabelled": 0})
     # "Labelled only" runs are worth their time when unlabelled frames are more than a sliver of the data.
     has_unlabelled = train["unlabelled"] >= 0.05 * (train["labelled"] + train["unlabelled"])
-    base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *args.overrides])
-    runs = plan(tuple(args.methods), has_unlabelled)
+    shared = [] if args.variant else list(args.overrides)  # a variant's overrides touch its students only
+    base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *shared])
+    variant_base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *args.overrides])
+    runs = plan(tuple(args.methods), has_unlabelled, args.variant)
     names = ["teacher", "twin", "ce"] + [r[0] for r in runs[2:]]
 
     reports: dict[int, dict] = {}
@@ -266,14 +276,14 @@ def main(argv: list[str] | None = None) -> None:
                 out = work / f"runs{label_tag}" / f"seed{seed}"
                 if kind == "teacher":
                     students[seed] = {"teacher": path}
-                    config = config_lib.replace(base, seed=seed)
                     for run, method, unlabelled in runs:
+                        config = config_lib.replace(base if run in ("ce", "twin") else variant_base, seed=seed)
                         student = {"arch": TWIN_ARCH, "width": config.teacher.width} if run == "twin" else {}
                         run_config = config_lib.replace(config, distill={"method": method},
                                                         data={"unlabelled": unlabelled}, **(
                                                             {"student": student} if student else {}))
                         f = pool.submit(distill_job, config_lib.to_dict(run_config), str(dataset), path,
-                                        str(out / run.replace("+", "_")))
+                                        str(out / run.replace("+", "_").replace("[", "_").rstrip("]")))
                         pending[f] = ("student", seed, run)
                 elif kind == "student":
                     students[seed][name] = path
@@ -285,11 +295,11 @@ def main(argv: list[str] | None = None) -> None:
                     reports[seed] = path  # evaluate's report
     ordered_reports = [reports[s] for s in args.seeds]
     table, summary = summarise(ordered_reports, names)
-    figure = REPO / "bench" / "figures" / f"realdata_{args.name}{label_tag}.png"
-    bar_chart(summary, names, f"{args.name}{label_tag}: validation macro-F1, {len(args.seeds)} seeds "
+    figure = REPO / "bench" / "figures" / f"realdata_{args.name}{report_tag}.png"
+    bar_chart(summary, names, f"{args.name}{report_tag}: validation macro-F1, {len(args.seeds)} seeds "
               f"(green: with unlabelled frames, orange: labelled only)", figure)
     wall = time.perf_counter() - start
-    (work / f"summary{label_tag}.json").write_text(json.dumps({"summary": summary, "frames": frames,
+    (work / f"summary{report_tag}.json").write_text(json.dumps({"summary": summary, "frames": frames,
                                                                "wall_s": wall}, indent=2))
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     teacher = summary["teacher"]
@@ -316,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_write:
         from report_section import replace_section
 
-        replace_section(f"Real data: {args.name}{label_tag} method study", body)
+        replace_section(f"Real data: {args.name}{report_tag} method study", body)
 
 
 if __name__ == "__main__":
