@@ -2,7 +2,7 @@
 """Distillation methods at an equal budget on the synthetic demo bag, over several seeds.
 
 Per seed: train the RGB+NIR teacher, then one RGB-only student per method (ce = the student alone,
-kd = Hinton, feat_l2 = FitNets-style regression, adv = adversarial, adv+kd, adv+focus), all with the same
+kd = Hinton, feat_l2 = FitNets-style regression, adv = adversarial, adv+kd, adv+kd+feat), all with the same
 epochs, batch size and optimiser; evaluate every model on the held-out test scenes. Reports mean ±
 std of test accuracy and macro-F1, the share of the gap between the RGB-only baseline (ce) and the
 teacher that each method closes, and student vs teacher parameters and FLOPs (the student must
@@ -36,20 +36,30 @@ from mmkd_ros.data.extract import BagOptions, extract_bags  # noqa: E402
 from mmkd_ros.data.synthetic import SyntheticConfig, write_bag  # noqa: E402
 from mmkd_ros.evaluate import evaluate  # noqa: E402
 from mmkd_ros.train.distill import distill  # noqa: E402
+from mmkd_ros.train.pipeline import run_finished  # noqa: E402
 from mmkd_ros.train.teacher import train_teacher  # noqa: E402
 from report_section import replace_section  # noqa: E402
 
 TITLE = "Distillation methods at an equal budget (synthetic demo bag)"
-METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd", "adv+focus")
+METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat")
 
 
-def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple[str, ...]) -> dict:
-    """Teacher and every student for one seed; returns evaluate()'s report of the test split."""
-    teacher = train_teacher(config, dataset, out / "teacher")
+def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple[str, ...],
+             reuse: bool = False) -> dict:
+    """Teacher and every student for one seed; returns evaluate()'s report of the test split.
+
+    ``reuse``: keep runs of ``out`` that finished all their epochs (delete a run's folder to redo it).
+    """
+    teacher = out / "teacher" / "teacher.pt"
+    if not (reuse and teacher.is_file() and run_finished(teacher.parent, config.teacher.epochs)):
+        teacher = train_teacher(config, dataset, out / "teacher")
     checkpoints = {"teacher": teacher}
     for method in methods:
         method_config = config_lib.replace(config, distill={"method": method})
-        checkpoints[method] = distill(method_config, dataset, teacher, out / method)
+        student = out / method / "student.pt"
+        if not (reuse and student.is_file() and run_finished(student.parent, config.distill.epochs)):
+            student = distill(method_config, dataset, teacher, out / method)
+        checkpoints[method] = student
     return evaluate(checkpoints, dataset, out / "eval", split="test", latency_runs=30)
 
 
@@ -97,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=6, help="keep every N-th pair (default %(default)s: "
                         "15 Hz frames of one scene are near-duplicates; more scenes, not more frames)")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "train.yaml")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs in --work (e.g. after "
+                        "deleting one method's folders to redo it with new overrides)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                                else args.work / f"pairs_every{args.every}", BagOptions(every=args.every),
                                progress=False).path
         config = config_lib.replace(base, seed=seed)
-        reports.append(run_seed(config, dataset, args.work / f"seed{seed}", methods))
+        reports.append(run_seed(config, dataset, args.work / f"seed{seed}", methods, args.reuse))
         pairs.append(reports[-1]["num_pairs"])
         print(f"[bench_distill] seed {seed} done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
     table, summary = summarise(reports, methods)

@@ -3,7 +3,7 @@
 
 Per seed: the RGB+NIR teacher, the RGB-only ``ce`` baseline, an RGB-only model as large as the
 teacher (``rgb_twin_resnet18_mid``: is the teacher's edge NIR or capacity?), and the students
-``kd``, ``feat_l2``, ``adv``, ``adv+kd`` and ``adv+focus``, each trained twice: on every paired
+``kd``, ``feat_l2``, ``adv``, ``adv+kd`` and ``adv+kd+feat``, each trained twice: on every paired
 frame of the training bags (labelled or not; cross-entropy only where a label exists) and on the
 labelled frames only. Everything at one budget; evaluated on the validation bags (the converters'
 image / block split). Reports accuracy and macro-F1 (mean ± std), the share of the ce-to-teacher
@@ -43,7 +43,7 @@ from mmkd_ros.data.manifest import MANIFEST_NAME, read_manifest, write_manifest 
 from mmkd_ros.data.splits import read_bag_splits  # noqa: E402
 from mmkd_ros.errors import DatasetError, run_cli  # noqa: E402
 
-STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+focus")  # the methods with a teacher term
+STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat")  # the methods with a teacher term
 TWIN_ARCH = "rgb_twin_resnet18_mid"
 # Study budget (overridable with key=value): small inputs so 3 seeds x 13 runs fit a CPU afternoon.
 STUDY_OVERRIDES = ["device=cpu", "select_by=macro_f1", "data.class_balanced=true", "data.input_size=[32, 32]",
@@ -175,7 +175,7 @@ def summarise(reports: list[dict], names: list[str]) -> tuple[str, dict]:
         summary[name] = {"accuracy": acc, "macro_f1": f1, "gap_macro_f1": gap_f1, "gap_accuracy": gap_acc,
                          "params": first["params"], "flops": first["flops"], "latency_ms": lat}
         inputs = "RGB+NIR" if name == "teacher" else "RGB"
-        unl = "-" if name in ("teacher", "ce", "twin") else ("no" if name.endswith("-labelled") else "yes")
+        unl = "-" if name in ("teacher", "ce", "twin") else ("no" if "-labelled" in name else "yes")
         base_text = "0 (baseline)" if name == "ce" else "-"
         lines.append(
             f"| {name} | {inputs} | {unl} | {mean_std(acc)} | {mean_std(f1)} | "
@@ -194,7 +194,7 @@ def bar_chart(summary: dict, names: list[str], title: str, path: Path) -> None:
     means = [statistics.mean(summary[n]["macro_f1"]) * 100 for n in names]
     stds = [statistics.stdev(summary[n]["macro_f1"]) * 100 if len(summary[n]["macro_f1"]) > 1 else 0 for n in names]
     colours = ["#4c72b0" if n == "teacher" else "#999999" if n in ("ce", "twin") else
-               "#dd8452" if n.endswith("-labelled") else "#55a868" for n in names]
+               "#dd8452" if "-labelled" in n else "#55a868" for n in names]
     ax.bar(range(len(names)), means, yerr=stds, color=colours, capsize=3)
     ax.axhline(means[names.index("ce")], color="#999999", lw=0.8, ls="--")
     ax.axhline(means[names.index("teacher")], color="#4c72b0", lw=0.8, ls="--")

@@ -9,9 +9,9 @@ fool it while also fitting the labels::
 
 ``method`` picks the terms at an equal budget: ``ce`` (student alone), ``kd`` (Hinton),
 ``feat_l2`` (FitNets-style regression), ``adv`` (the seed's method), ``adv+kd``, and
-``adv+focus``: the adversarial term on standardised teacher features weighted by how much of each
-the student can predict from RGB, plus that weighted per-sample regression and logit KD
-(:mod:`mmkd_ros.train.focus` explains why).
+``adv+kd+feat``: the adversarial term on standardised teacher features, plus a per-sample
+regression in those units and logit KD (:mod:`mmkd_ros.train.focus` explains why; optionally
+weighted by how much of each feature the student can predict).
 
 Training pairs without a label (``-1``) feed every teacher term; cross-entropy skips them.
 """
@@ -75,7 +75,7 @@ class DistillModels:
     opt_student: torch.optim.Optimizer
     opt_disc: torch.optim.Optimizer | None
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    focus: FeatureFocus | None = None  # adv+focus only
+    focus: FeatureFocus | None = None  # adv+kd+feat only
     steps_per_epoch: int = 1  # for the adversarial warm-up ramp
     step: int = 0  # student updates so far (restored on resume)
 
@@ -85,11 +85,11 @@ def uses_adversary(method: str) -> bool:
 
 
 def uses_projector(method: str) -> bool:
-    return method in ("feat_l2", "adv", "adv+kd", "adv+focus")
+    return method in ("feat_l2", "adv", "adv+kd", "adv+kd+feat")
 
 
 def uses_kd(method: str) -> bool:
-    return method in ("kd", "adv+kd", "adv+focus")
+    return method in ("kd", "adv+kd", "adv+kd+feat")
 
 
 def uses_unlabelled(config: Config) -> bool:
@@ -116,7 +116,7 @@ def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillC
     if m.focus is not None:
         m.focus.update(teacher_features, student_projected)
         out["focus_r2"] = float(m.focus.r2.mean())  # mean share of the teacher feature the student predicts
-    # What D compares: raw pooled features, or (adv+focus) standardised and focus-weighted ones.
+    # What D compares: raw pooled features, or (adv+kd+feat) standardised (and maybe focus-weighted) ones.
     view = m.focus.focused if m.focus is not None else (lambda f: f)
 
     # 1) Discriminator: teacher features are real, student features fake and detached.
@@ -154,7 +154,7 @@ def distill_step(batch: dict[str, torch.Tensor], m: DistillModels, cfg: DistillC
         loss_kd = kd_loss(student_logits, teacher_logits, cfg.kd_temperature)
         loss = loss + cfg.w_kd * loss_kd
         out["loss_kd"] = float(loss_kd.detach())
-    if cfg.method in ("feat_l2", "adv+focus"):
+    if cfg.method in ("feat_l2", "adv+kd+feat"):
         if m.focus is not None:
             loss_feat = m.focus.regression_loss(student_projected, teacher_features)
         else:
@@ -234,7 +234,7 @@ def build_distill_models(config: Config, teacher: nn.Module, teacher_dim: int, a
         opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.lr_disc, betas=(0.5, 0.999))
         disc = wrap_ddp(disc, dist)
     focus = None
-    if cfg.method == "adv+focus":
+    if cfg.method == "adv+kd+feat":
         focus = FeatureFocus(teacher_dim, cfg.focus_momentum, cfg.focus_floor).to(dist.device)
     return DistillModels(teacher, wrap_ddp(student_proj, dist), disc, opt_student, opt_disc, scheduler,
                          focus, steps_per_epoch)

@@ -61,7 +61,7 @@ def test_labelled_only_leaves_unlabelled_training_pairs_out(tiny_dataset_with_sp
     config = config_lib.load(None, ["data.input_size=[16, 16]"])
     assert len(prepare_data(config, tiny_dataset_with_splits, unlabelled=False).train) == len(labelled)
     # Distillation keeps them (teacher terms need no label), except the ce baseline and on request.
-    assert uses_unlabelled(config_lib.replace(config, distill={"method": "adv+focus"}))
+    assert uses_unlabelled(config_lib.replace(config, distill={"method": "adv+kd+feat"}))
     assert not uses_unlabelled(config_lib.replace(config, distill={"method": "ce"}))
     assert not uses_unlabelled(config_lib.replace(config, data={"unlabelled": False}))
 

@@ -10,7 +10,7 @@ TINY_OVERRIDES = [
     "device=cpu", "data.input_size=[32,32]", "data.batch_size=8",
     "teacher.arch=teacher_resnet_tiny", "teacher.width=0.125", "teacher.epochs=2", "teacher.warmup_epochs=0",
     "student.arch=student_tiny", "student.width=0.5", "distill.epochs=2", "distill.warmup_epochs=0",
-    "distill.disc_hidden=16",
+    "distill.disc_hidden=16", "distill.method=adv",  # the golden losses are the seed's method
 ]
 
 

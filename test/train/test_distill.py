@@ -42,7 +42,7 @@ def tiny_models(method: str, w_ce: float = 1.0, condition: str = "teacher_probs"
     disc = build_model("discriminator_mlp", in_features=disc_inputs, hidden=8)
     opt_student = torch.optim.SGD(student_proj.parameters(), lr=0.1)
     opt_disc = torch.optim.SGD(disc.parameters(), lr=0.1)
-    focus = FeatureFocus(teacher.num_features) if method == "adv+focus" else None
+    focus = FeatureFocus(teacher.num_features) if method == "adv+kd+feat" else None
     models = DistillModels(teacher, student_proj, disc, opt_student, opt_disc, cosine_schedule(opt_student, 10, 0),
                            focus)
     cfg = config_lib.replace(config_lib.Config(), distill={"method": method, "w_ce": w_ce,
@@ -96,7 +96,7 @@ def test_every_method_steps_and_reports_its_terms(method):
     losses = distill_step(tiny_batch(), m, cfg, "cpu")
     expected = {"ce": {"loss_ce"}, "kd": {"loss_kd"}, "feat_l2": {"loss_feat"}, "adv": {"loss_adv", "loss_disc"},
                 "adv+kd": {"loss_adv", "loss_kd", "loss_disc"},
-                "adv+focus": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"}}[method]
+                "adv+kd+feat": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"}}[method]
     assert expected <= set(losses)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
@@ -111,7 +111,7 @@ def test_discriminator_input_with_and_without_condition(condition):
 
 
 def test_focus_gradient_reaches_the_student_and_never_the_teacher():
-    m, cfg = tiny_models("adv+focus", w_ce=0.0)
+    m, cfg = tiny_models("adv+kd+feat", w_ce=0.0)
     teacher_before = copy.deepcopy(m.teacher.state_dict())
     student_before = copy.deepcopy(m.student.state_dict())
     distill_step(tiny_batch(), m, cfg, "cpu")
@@ -140,7 +140,7 @@ def test_golden_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path):
     assert (tmp_path / "adv" / "metrics.csv").is_file() and (tmp_path / "adv" / "config.yaml").is_file()
 
 
-@pytest.mark.parametrize("method", ["adv", "kd", "adv+focus"])
+@pytest.mark.parametrize("method", ["adv", "kd", "adv+kd+feat"])
 def test_resume_gives_identical_next_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path, method):
     cfg = config_lib.replace(tiny_config, distill={"method": method, "gp": "r1" if method == "adv" else "none"})
     distill(cfg, tiny_dataset, teacher_checkpoint, tmp_path / "straight")
