@@ -22,10 +22,6 @@ from mmkd_ros.errors import DatasetError
 from mmkd_ros.train.distributed import DistInfo
 
 
-# config.select_by -> key of classification_metrics() that picks the kept checkpoint
-SELECT_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1"}
-
-
 @dataclass
 class DataBundle:
     """The splits of one dataset prepared with one set of statistics."""

@@ -20,7 +20,7 @@ from mmkd_ros.losses import classification_loss
 from mmkd_ros.models import build_model
 from mmkd_ros.train import checkpoint as ckpt_lib
 from mmkd_ros.train.common import (
-    SELECT_KEYS, EpochLog, classification_metrics, cosine_schedule, format_epoch, make_eval_loader, make_train_loader,
+    EpochLog, classification_metrics, cosine_schedule, format_epoch, make_eval_loader, make_train_loader,
     gather_rng, load_resume_state, predict_logits, prepare_data, record_final, seed_everything,
     set_rng_state,
 )
@@ -127,7 +127,7 @@ def _train(config: Config, data_dir: Path, out_dir: Path, resume: bool, stop_aft
             log.write(history)
             print(f"[teacher] {format_epoch(row)}", file=sys.stderr)
             metrics = {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch": epoch + 1}
-            score = val[SELECT_KEYS[config.select_by]]
+            score = val[config.select_by]  # a key of classification_metrics()
             if score >= best_acc:  # ties go to the later, longer-trained epoch
                 best_acc = score
                 ckpt_lib.save_checkpoint(checkpoint(metrics, None), out_dir / BEST_NAME)
