@@ -12,10 +12,12 @@ RUNS ?= runs/demo
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
+	# The project itself, editable: training/ and bench/ scripts import mmkd_ros from this tree.
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 ## The main job on the embedded default: synthetic bag -> pair dataset -> teacher -> student -> nodes.
@@ -33,8 +35,13 @@ test-fast: $(STAMP)
 colcon: $(STAMP)
 	source $(BIN)/activate && colcon build --base-paths . --build-base build --install-base install
 
+## The benchmarks that need no research data, one after another (each rewrites its BENCHMARKS.md
+## section; about an hour on 2 cores). The real-data studies: bench/bench_realdata.py --help.
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_nodes.py
+	$(BIN)/python bench/bench_modality_gap.py
+	$(BIN)/python bench/bench_distill.py
 
 clean:
 	rm -rf build install log runs data .pytest_cache

@@ -15,33 +15,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning made training 10-60x slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from mmkd_ros import config as config_lib  # noqa: E402
-from mmkd_ros.data.extract import BagOptions, extract_bags  # noqa: E402
-from mmkd_ros.data.synthetic import SyntheticConfig, write_bag  # noqa: E402
-from mmkd_ros.evaluate import evaluate  # noqa: E402
-from mmkd_ros.train.distill import distill  # noqa: E402
-from mmkd_ros.train.pipeline import run_finished  # noqa: E402
-from mmkd_ros.train.teacher import train_teacher  # noqa: E402
-from report_section import replace_section  # noqa: E402
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.data.extract import BagOptions, extract_bags
+from mmkd_ros.sim.synthetic import SyntheticConfig, write_bag
+from mmkd_ros.tools.evaluate import evaluate
+from mmkd_ros.train.distill import distill
+from mmkd_ros.train.loop import run_finished
+from mmkd_ros.train.teacher import train_teacher
+from report_section import replace_section
 
 TITLE = "Distillation methods at an equal budget (synthetic demo bag)"
-METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat")
+METHODS = tuple(config_lib.METHODS)
 
 
 def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple[str, ...],
@@ -55,7 +50,7 @@ def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple
         teacher = train_teacher(config, dataset, out / "teacher")
     checkpoints = {"teacher": teacher}
     for method in methods:
-        method_config = config_lib.replace(config, distill={"method": method})
+        method_config = config_lib.with_method(config, method)
         student = out / method / "student.pt"
         if not (reuse and student.is_file() and run_finished(student.parent, config.distill.epochs)):
             student = distill(method_config, dataset, teacher, out / method)

@@ -15,17 +15,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-import cv2  # noqa: E402
-from rosbags.highlevel import AnyReader  # noqa: E402
-from rosbags.image import message_to_cvimage  # noqa: E402
+import cv2
+from rosbags.highlevel import AnyReader
+from rosbags.image import message_to_cvimage
 
-from mmkd_ros.data.bag import bag_files  # noqa: E402
-from mmkd_ros.data.extract import BagOptions, extract_bags, sha256_files  # noqa: E402
-from mmkd_ros.data.synthetic import NIR_TOPIC, RGB_TOPIC, SyntheticConfig, write_bag  # noqa: E402
-from report_section import replace_section  # noqa: E402
+from mmkd_ros.data.bag import bag_files
+from mmkd_ros.data.extract import BagOptions, extract_bags, sha256_files
+from mmkd_ros.sim.synthetic import NIR_TOPIC, RGB_TOPIC, SyntheticConfig, write_bag
+from report_section import replace_section
 
 TITLE = "Bag extraction speed"
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,

@@ -26,14 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from mmkd_ros.data.extract import BagOptions, extract_bags  # noqa: E402
-from mmkd_ros.data.images import read_image_file  # noqa: E402
-from mmkd_ros.data.manifest import read_manifest  # noqa: E402
-from mmkd_ros.data.synthetic import CLASSES, SyntheticConfig, write_bag  # noqa: E402
-from report_section import replace_section  # noqa: E402
+from mmkd_ros.data.extract import BagOptions, extract_bags
+from mmkd_ros.data.image_files import read_image_file
+from mmkd_ros.data.manifest import read_manifest
+from mmkd_ros.sim.synthetic import CLASSES, SyntheticConfig, write_bag
+from report_section import replace_section
 
 TITLE = "Modality gap on the synthetic demo bag (RGB+NIR vs RGB-only)"
 GREENS = ("artificial_turf", "green_paint", "live_vegetation")

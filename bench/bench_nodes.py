@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "test"))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import ros_testing  # noqa: E402  (process, domain and client helpers shared with the node tests)
-from report_section import replace_section  # noqa: E402
+import ros_testing  (process, domain and client helpers shared with the node tests)
+from report_section import replace_section
 
 TITLE = "ROS 2 nodes: latency and sustainable rate (student vs teacher)"
 RATES = (5, 10, 15, 20, 30, 45, 60, 90)
@@ -48,9 +46,9 @@ def default_checkpoints(out: Path) -> tuple[Path, Path, dict[str, Any]]:
     """Student and teacher of the default training config, random weights, saved as checkpoints."""
     import torch
 
-    from mmkd_ros.config import Config
+    from mmkd_ros.train.config import Config
     from mmkd_ros.models import build_model
-    from mmkd_ros.train.checkpoint import make_checkpoint, save_checkpoint
+    from mmkd_ros.core.artifact import make_checkpoint, save_checkpoint
 
     config = Config()
     classes = [f"class_{i}" for i in range(7)]
@@ -209,7 +207,7 @@ def predict_baseline(model: Path, role: str, repeats: int = 50) -> float:
     the model's share of the node latency (the rest is ROS: decode, copies, DDS, JSON)."""
     import torch
 
-    from mmkd_ros.inference import Classifier
+    from mmkd_ros.deploy.classifier import Classifier
 
     torch.set_num_threads(1)
     classifier = Classifier.load(model, device="cpu")
@@ -307,7 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ("teacher_node (.pt, torch)", "teacher", teacher_ckpt, {}),
     ]
     try:
-        from mmkd_ros.export import export_student
+        from mmkd_ros.tools.export import export_student
 
         onnx_path = export_student(student_ckpt, work / "onnx", formats=("onnx",)).paths["onnx"]
         variants.insert(1, ("student_node (.onnx, onnxruntime)", "student", onnx_path, {}))

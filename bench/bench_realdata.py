@@ -31,17 +31,15 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep on a shared CPU
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from mmkd_ros import config as config_lib  # noqa: E402
-from mmkd_ros.data.extract import BagOptions, extract_bags  # noqa: E402
-from mmkd_ros.data.manifest import MANIFEST_NAME, read_manifest, write_manifest  # noqa: E402
-from mmkd_ros.data.splits import read_bag_splits  # noqa: E402
-from mmkd_ros.errors import DatasetError, run_cli  # noqa: E402
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.core.atomic import atomic_path, write_atomic
+from mmkd_ros.data.extract import BagOptions, extract_bags
+from mmkd_ros.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from mmkd_ros.data.splits import read_bag_splits
+from mmkd_ros.core.errors import DatasetError, run_cli
 
 STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat")  # the methods with a teacher term
 TWIN_ARCH = "rgb_twin_resnet18_mid"
@@ -100,7 +98,7 @@ def distill_job(config_tree: dict, dataset: str, teacher: str, out: str) -> str:
 
 
 def evaluate_job(checkpoints: dict[str, str], dataset: str, out: str) -> dict:
-    from mmkd_ros.evaluate import evaluate
+    from mmkd_ros.tools.evaluate import evaluate
 
     return evaluate(checkpoints, dataset, out, split="val", latency_runs=30)
 
@@ -126,11 +124,9 @@ def scarce_labels(dataset: Path, out: Path, share: float) -> Path:
     info = json.loads((dataset / "dataset.json").read_text())
     info["cache_key"] = f"{info.get('cache_key', '')}:labels-{len(keep)}-of-{len(train_bags)}"
     info["label_share"] = {"kept_bags": sorted(keep), "train_bags": len(train_bags)}
-    tmp = out / (MANIFEST_NAME + ".tmp")
-    write_manifest(tmp, rows)
-    os.replace(tmp, out / MANIFEST_NAME)
-    (out / "dataset.json.tmp").write_text(json.dumps(info, indent=1))
-    os.replace(out / "dataset.json.tmp", out / "dataset.json")
+    with atomic_path(out / MANIFEST_NAME) as tmp:
+        write_manifest(tmp, rows)
+    write_atomic(out / "dataset.json", json.dumps(info, indent=1))
     return out
 
 
@@ -204,10 +200,8 @@ def bar_chart(summary: dict, names: list[str], title: str, path: Path) -> None:
     ax.set_ylim(max(0, low - 5), min(100, max(m + s for m, s in zip(means, stds)) + 3))
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 
@@ -279,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                     for run, method, unlabelled in runs:
                         config = config_lib.replace(base if run in ("ce", "twin") else variant_base, seed=seed)
                         student = {"arch": TWIN_ARCH, "width": config.teacher.width} if run == "twin" else {}
-                        run_config = config_lib.replace(config, distill={"method": method},
+                        run_config = config_lib.replace(config_lib.with_method(config, method),
                                                         data={"unlabelled": unlabelled}, **(
                                                             {"student": student} if student else {}))
                         f = pool.submit(distill_job, config_lib.to_dict(run_config), str(dataset), path,

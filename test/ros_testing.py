@@ -277,11 +277,11 @@ CLASSES = ["artificial_turf", "asphalt", "live_vegetation", "soil", "water"]
 
 
 def tiny_student_checkpoint(path: Path, input_size: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
-    """A registered tiny student with random weights, saved through mmkd_ros.train.checkpoint."""
+    """A registered tiny student with random weights, saved through mmkd_ros.core.artifact."""
     import torch
 
     from mmkd_ros.models import build_model
-    from mmkd_ros.train.checkpoint import make_checkpoint, save_checkpoint
+    from mmkd_ros.core.artifact import make_checkpoint, save_checkpoint
 
     torch.manual_seed(seed)
     arch_args = {"num_classes": len(CLASSES), "in_channels": 3, "width": 0.5}
@@ -306,7 +306,7 @@ def tiny_teacher_checkpoint(path: Path, input_size: tuple[int, int] = (32, 32), 
     import torch
 
     from mmkd_ros.models import build_model
-    from mmkd_ros.train.checkpoint import make_checkpoint, save_checkpoint
+    from mmkd_ros.core.artifact import make_checkpoint, save_checkpoint
 
     torch.manual_seed(seed)
     arch_args = {"num_classes": len(CLASSES), "rgb_channels": 3, "nir_channels": 1, "width": 0.25}

@@ -33,4 +33,5 @@ def test_colcon_install_tree(colcon_install: Path) -> None:
         assert path.is_file() and os.access(path, os.X_OK), executable
     site = next((prefix / "lib").glob("python3.*/site-packages"))
     assert (site / PACKAGE / "nodes" / "student_node.py").is_file()
-    assert (site / PACKAGE / "inference.py").is_file()
+    assert (site / PACKAGE / "deploy" / "classifier.py").is_file()
+    assert (site / PACKAGE / "core" / "preprocess.py").is_file()

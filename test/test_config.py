@@ -1,11 +1,12 @@
 """Config loading: every training config file loads; unknown keys and bad types are one-line errors."""
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mmkd_ros import config as config_lib
-from mmkd_ros.errors import ConfigError
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.core.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
@@ -35,9 +36,10 @@ def test_train_yaml_states_every_default():
 def test_overrides_apply_after_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("distill:\n  w_adv: 0.2\n  method: kd\n")
-    cfg = config_lib.load(path, ["distill.w_adv=1", "data.input_size=[112, 112]", "distill.gan_loss=hinge"])
+    cfg = config_lib.load(path, ["distill.w_adv=1", "data.input_size=[112, 112]", "distill.gan_loss=hinge",
+                                 "distill.method=adv"])
     assert cfg.distill.w_adv == 1.0 and isinstance(cfg.distill.w_adv, float)
-    assert cfg.distill.method == "kd"
+    assert cfg.distill.method == "adv"
     assert cfg.data.input_size == (112, 112)
     assert cfg.distill.gan_loss == "hinge"
 
@@ -51,6 +53,11 @@ def test_overrides_apply_after_the_file(tmp_path):
     ("data.input_size=96", "data.input_size must be a list of 2"),
     ("teacher.arch=7", "teacher.arch must be str"),
     ("distill", "must look like section.key=value"),
+    ("distill.lr=-0.1", "distill.lr=-0.1 must be a positive number"),
+    ("teacher.lr=.nan", "teacher.lr=nan must be a positive number"),
+    ("data.batch_size=0", "data.batch_size=0 must be a positive number"),
+    ("teacher.epochs=-1", "teacher.epochs=-1 must be a positive number"),
+    ("distill.epochs=0", "distill.epochs=0 must be a positive number"),
 ])
 def test_bad_overrides_are_one_line_config_errors(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")) as info:
@@ -75,3 +82,36 @@ def test_dump_writes_a_loadable_file(tmp_path):
     cfg = config_lib.load(None, ["seed=3"])
     config_lib.dump(cfg, tmp_path / "resolved.yaml")
     assert config_lib.load(tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("method,setting", [
+    ("adv", "distill.w_kd=2"), ("ce", "distill.w_adv=1"), ("kd", "distill.disc_hidden=16"),
+    ("feat_l2", "distill.focus_floor=1"), ("adv+kd", "distill.w_feat=3"),
+])
+def test_a_setting_of_a_term_the_method_lacks_is_refused(method, setting):
+    with pytest.raises(ConfigError, match=re.escape(f"has no effect under distill.method={method}")) as info:
+        config_lib.load(None, [f"distill.method={method}", setting])
+    assert "\n" not in str(info.value) and setting.split("=")[0] in str(info.value)
+
+
+def test_every_method_is_a_row_of_known_terms_and_its_settings_are_accepted():
+    for method, terms in config_lib.METHODS.items():
+        assert terms[0] == "ce" and set(terms) <= set(config_lib.TERM_FIELDS)
+        used = {name for term in terms for name in config_lib.TERM_FIELDS[term]}
+        overrides = [f"distill.method={method}"] + [f"distill.{name}={value}" for name, value in
+                                                     (("w_kd", 2.0), ("w_adv", 0.3), ("w_feat", 2.0)) if name in used]
+        config_lib.load(None, overrides)  # no error: these terms read them
+
+
+def test_with_method_resets_the_settings_of_terms_the_new_method_lacks():
+    cfg = config_lib.load(None, ["distill.method=adv", "distill.disc_hidden=16", "distill.w_adv=0.3"])
+    kd = config_lib.with_method(cfg, "kd")
+    assert kd.distill.method == "kd" and kd.distill.disc_hidden == 256 and kd.distill.w_adv == 0.5
+    assert config_lib.with_method(cfg, "adv+kd").distill.disc_hidden == 16  # still used there
+
+
+def test_yaml_errors_name_the_line(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("seed: 1\ndata:\n  batch_size: [1\n  augment: true\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:4:\d+ is not valid YAML"):
+        config_lib.load(bad_yaml)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmkd_ros.data.images import write_png
+from mmkd_ros.data.image_files import write_png
 from mmkd_ros.data.manifest import DATASET_FORMAT, DATASET_VERSION, write_manifest
-from mmkd_ros.diagnose import DiagnoseOptions, diagnose, render
-from mmkd_ros.errors import DatasetError
+from mmkd_ros.tools.diagnose import DiagnoseOptions, diagnose, render
+from mmkd_ros.core.errors import DatasetError
 
 CLASSES = ["a", "b", "c"]
 SIZE = 16
@@ -84,7 +84,7 @@ def test_no_validation_split_is_a_clear_error(tmp_path: Path) -> None:
 def test_teacher_features_are_measured(tmp_path: Path) -> None:
     """With a teacher checkpoint (untrained here: only the plumbing is under test)."""
     from mmkd_ros.models import build_model
-    from mmkd_ros.train.checkpoint import make_checkpoint, save_checkpoint
+    from mmkd_ros.core.artifact import make_checkpoint, save_checkpoint
 
     args = {"num_classes": 3, "rgb_channels": 3, "nir_channels": 1, "width": 0.125}
     model = build_model("teacher_resnet_tiny", **args)

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from mmkd_ros.evaluate import evaluate
+from mmkd_ros.tools.evaluate import evaluate
 from mmkd_ros.models import build_model
-from mmkd_ros.train.checkpoint import make_checkpoint, save_checkpoint
-from mmkd_ros.train.common import classification_metrics
+from mmkd_ros.core.artifact import make_checkpoint, save_checkpoint
+from mmkd_ros.core.metrics import classification_metrics
 from tiny_pairs import CLASSES, write_tiny_pairs
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Write a tiny pair dataset (manifest.csv + dataset.json + PNGs) in the CONTRACTS.md format, for tests.
+"""Write a tiny pair dataset (manifest.csv + dataset.json + PNGs) in the format of mmkd_ros/data/manifest.py, for tests.
 
 Classes differ by NIR brightness strongly and by RGB colour only weakly, like the real problem
 (RGB alone is ambiguous, RGB+NIR is not). Every ``frames_per_group`` frames form one group.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd_ros.data.images import write_png
+from mmkd_ros.data.image_files import write_png
 
 CLASSES = ["grass", "paint", "turf"]
 

@@ -9,17 +9,12 @@ Examples:
   training/demo.py --bag data/demo_bag --out runs/demo --rate 2.0 distill.epochs=4
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Idle OpenMP threads sleep instead of spinning: on a small, busy CPU spinning slowed training many-fold.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from mmkd_ros import config as config_lib  # noqa: E402
-from mmkd_ros.demo import run_demo  # noqa: E402
-from mmkd_ros.errors import run_cli  # noqa: E402
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.tools.demo import run_demo
+from mmkd_ros.core.errors import run_cli
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "train.yaml"
 

@@ -15,10 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmkd_ros.diagnose import DiagnoseOptions, diagnose, render  # noqa: E402
-from mmkd_ros.errors import run_cli  # noqa: E402
+from mmkd_ros.tools.diagnose import DiagnoseOptions, diagnose, render
+from mmkd_ros.core.errors import run_cli
 
 DEFAULTS = DiagnoseOptions()
 

@@ -2,28 +2,26 @@
 """Distill the RGB-only student from the RGB+NIR teacher; with --bag, run the whole offline chain.
 
 Given only a bag: extract the pairs (cached by the bag's content), train the teacher unless
---teacher is given, distill the student, evaluate both (report in OUT/eval/report.md).
+--teacher is given, distill the student, evaluate both (report in OUT/eval/report.md). With
+--data, --teacher and --no-eval it distills only (OUT/student.pt), nothing else.
 
 Examples:
   training/distill.py --bag data/demo_bag --out runs/demo
   training/distill.py --bag bags/* --splits splits.json --out runs/real   # split by bag
   training/distill.py --data data/demo_pairs --teacher runs/teacher/teacher.pt --method adv+kd
+  training/distill.py --data data/demo_pairs --teacher runs/teacher/teacher.pt --no-eval --out runs/s
   training/distill.py --bag data/demo_bag --out runs/demo distill.w_adv=1.0 distill.gan_loss=hinge
   torchrun --nproc_per_node=2 training/distill.py --bag data/demo_bag --out runs/demo
 """
 import argparse
-import os
-import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning made training 10-60x slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from mmkd_ros import config as config_lib  # noqa: E402
-from mmkd_ros.errors import run_cli  # noqa: E402
-from mmkd_ros.train.pipeline import run_chain  # noqa: E402
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.core.errors import run_cli
+from mmkd_ros.data.extract import BagOptions
+from mmkd_ros.tools.pipeline import run_chain
+from mmkd_ros.train.distill import distill
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "train.yaml"
 
@@ -37,34 +35,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher", type=Path, help="teacher checkpoint (default: train one)")
     parser.add_argument("--out", type=Path, default=Path("runs/distill"), help="output folder (default %(default)s)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training YAML (default config/train.yaml)")
-    parser.add_argument("--method", choices=config_lib.METHODS, help="shortcut for distill.method=...")
+    parser.add_argument("--method", choices=list(config_lib.METHODS), help="shortcut for distill.method=...")
     parser.add_argument("--resume", action="store_true", help="continue the runs in --out")
     parser.add_argument("--seed", type=int, help="shortcut for seed=N")
     parser.add_argument("--group-by", choices=("segment", "bag"),
                         help="extraction groups: <bag>:<label segment> (default) or whole bags")
     parser.add_argument("--splits", type=Path, metavar="FILE",
                         help="bag-splits JSON giving every bag its split (groups become bag names)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="distill only (needs --data and --teacher): no report, no other stage")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. distill.w_adv=1.0")
     args = parser.parse_args(argv)
     overrides = list(args.overrides)
-    if args.bag:
-        # `--bag B key=value` would read the override as a second bag: give it back to overrides.
-        is_override = [re.fullmatch(r"[A-Za-z_][\w.]*=.*", str(b)) is not None and not b.exists() for b in args.bag]
-        overrides = [str(b) for b, o in zip(args.bag, is_override) if o] + overrides
-        args.bag = [b for b, o in zip(args.bag, is_override) if not o]
-        if not args.bag:
-            parser.error("--bag needs a bag path")
-    elif args.splits is not None or args.group_by is not None:
+    misplaced = [b for b in args.bag or [] if "=" in str(b) and not b.exists()]
+    if misplaced:  # --bag takes every following word: an override there is no bag
+        parser.error(f"--bag {misplaced[0]}: no such bag; a key=value override after --bag is read as a bag, "
+                     "so put overrides before --bag or after another option such as --out")
+    if args.bag is None and (args.splits is not None or args.group_by is not None):
         parser.error("--splits and --group-by apply to --bag only")
+    if args.no_eval and (args.data is None or args.teacher is None):
+        parser.error("--no-eval distills only: give --data DATASET_DIR and --teacher CKPT")
     bag_options = None
     if args.bag and (args.splits is not None or args.group_by is not None):
-        from mmkd_ros.data.extract import BagOptions
-
         bag_options = BagOptions(group_by=args.group_by or "segment",
                                  splits=None if args.splits is None else str(args.splits))
     overrides += [f"distill.method={args.method}"] if args.method else []
     overrides += [f"seed={args.seed}"] if args.seed is not None else []
-    result = run_chain(config_lib.load(args.config, overrides), args.out, bag=args.bag, data=args.data,
+    config = config_lib.load(args.config, overrides)
+    if args.no_eval:
+        print(f"student checkpoint: {distill(config, args.data, args.teacher, args.out, resume=args.resume)}")
+        return
+    result = run_chain(config, args.out, bag=args.bag, data=args.data,
                        teacher=args.teacher, resume=args.resume, bag_options=bag_options)
     if result.report is not None:
         print(f"student checkpoint: {result.student}\nreport: {result.report}")

@@ -6,16 +6,11 @@ Examples:
   training/evaluate.py --data data/demo_pairs --out runs/eval teacher=runs/t/teacher.pt ce=runs/ce/student.pt
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning made training 10-60x slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from mmkd_ros.errors import run_cli  # noqa: E402
-from mmkd_ros.evaluate import evaluate  # noqa: E402
+from mmkd_ros.core.errors import run_cli
+from mmkd_ros.tools.evaluate import evaluate
 
 
 def main(argv: list[str] | None = None) -> None:

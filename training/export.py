@@ -1,20 +1,15 @@
 #!/usr/bin/env python3
-"""Export a student checkpoint to ONNX (dynamic batch, with metadata) and TorchScript; check parity.
+"""Export a student checkpoint to ONNX (dynamic batch, with metadata); check parity against PyTorch.
 
 Example:
   training/export.py runs/demo/student/student.pt --out runs/demo/export
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning made training 10-60x slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from mmkd_ros.errors import run_cli  # noqa: E402
-from mmkd_ros.export import FORMATS, export_student  # noqa: E402
+from mmkd_ros.core.errors import run_cli
+from mmkd_ros.tools.export import FORMATS, export_student
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,11 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mmkd_ros.data.extract import GROUP_BY, BagOptions, extract_bags, extract_folder, \
-    extract_geotiffs  # noqa: E402
-from mmkd_ros.errors import run_cli  # noqa: E402
+    extract_geotiffs
+from mmkd_ros.core.errors import run_cli
 
 DEFAULTS = BagOptions()
 

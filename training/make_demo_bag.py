@@ -1,13 +1,11 @@
 #!/usr/bin/env python3
-"""Write the synthetic dual-camera (RGB + NIR) demo bag: see mmkd_ros.data.synthetic."""
+"""Write the synthetic dual-camera (RGB + NIR) demo bag: see mmkd_ros.sim.synthetic."""
 import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmkd_ros.data.synthetic import SyntheticConfig, write_bag  # noqa: E402
-from mmkd_ros.errors import run_cli  # noqa: E402
+from mmkd_ros.sim.synthetic import SyntheticConfig, write_bag
+from mmkd_ros.core.errors import run_cli
 
 DEFAULTS = SyntheticConfig()
 

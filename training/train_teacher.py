@@ -8,17 +8,12 @@ Examples:
   training/train_teacher.py --data data/demo_pairs --out runs/teacher --resume
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning made training 10-60x slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from mmkd_ros import config as config_lib  # noqa: E402
-from mmkd_ros.errors import run_cli  # noqa: E402
-from mmkd_ros.train.teacher import train_teacher  # noqa: E402
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.core.errors import run_cli
+from mmkd_ros.train.teacher import train_teacher
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "train.yaml"
 

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.realdata.common import apply_splits  # noqa: E402
-from mmkd_ros.errors import run_cli  # noqa: E402
+from bench.realdata.common import apply_splits
+from mmkd_ros.core.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

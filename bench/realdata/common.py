@@ -25,8 +25,6 @@ stamp, label topic) instead of a side door. The recording model, and why:
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,14 +33,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mmkd_ros.data.images import array_to_image_msg
+from mmkd_ros.core.atomic import atomic_path
+from mmkd_ros.core.topics import LABEL_TOPIC, NIR_TOPIC, RGB_TOPIC
+from mmkd_ros.data.ros_images import array_to_image_msg
 from mmkd_ros.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from mmkd_ros.data.splits import SPLITS_FORMAT, read_bag_splits, write_bag_splits  # noqa: F401
-from mmkd_ros.errors import DatasetError
+from mmkd_ros.core.errors import DatasetError
 
-RGB_TOPIC = "/camera/color/image_raw"
-NIR_TOPIC = "/camera/nir/image_raw"
-LABEL_TOPIC = "/scene/label"
 RGB_FRAME_ID = "camera_color_optical_frame"
 NIR_FRAME_ID = "camera_nir_optical_frame"
 SPLITS_NAME = "splits.json"  # a bag-splits file (format SPLITS_FORMAT, mmkd_ros.data.splits)
@@ -239,9 +236,6 @@ def apply_splits(dataset_dir: str | Path, splits_path: str | Path) -> Counter:
             raise DatasetError(f"{dataset_dir}: pair {row['id']} comes from bag {bag!r}, which "
                                f"{splits_path} does not list: extract only bags of that conversion")
         row["group"], row["split"] = bag, splits[bag]
-    handle, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".csv", dir=dataset_dir)
-    os.close(handle)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the manifest is an ordinary file
-    write_manifest(tmp, rows)
-    os.replace(tmp, dataset_dir / MANIFEST_NAME)
+    with atomic_path(dataset_dir / MANIFEST_NAME, suffix=".csv") as tmp:
+        write_manifest(tmp, rows)
     return Counter(row["split"] for row in rows)

@@ -50,8 +50,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.realdata.common import BagSummary, Frame, Timing, centre_label, count_table, \
-    prepare_out, serpentine, window_origins, write_drive, write_outputs  # noqa: E402
-from mmkd_ros.errors import DatasetError, run_cli  # noqa: E402
+    prepare_out, serpentine, window_origins, write_drive, write_outputs
+from mmkd_ros.core.errors import DatasetError, run_cli
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cwfid"
 START_NS = 1_400_000_000 * 10**9  # May 2014: the dataset's publication; bags 10 minutes apart

@@ -53,8 +53,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.realdata.common import BagSummary, Frame, Timing, centre_label, count_table, \
-    prepare_out, serpentine, window_origins, write_drive, write_outputs  # noqa: E402
-from mmkd_ros.errors import DatasetError, run_cli  # noqa: E402
+    prepare_out, serpentine, window_origins, write_drive, write_outputs
+from mmkd_ros.core.errors import DatasetError, run_cli
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "houston2018" / "houston2018_dev.npz"
 NIR_BANDS = slice(30, 40)  # bands 31-40, 1-based

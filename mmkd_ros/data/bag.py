@@ -25,8 +25,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from mmkd_ros.data.images import msg_to_array, stamp_to_ns
-from mmkd_ros.errors import BagError, DatasetError
+from mmkd_ros.data.ros_images import msg_to_array, stamp_to_ns
+from mmkd_ros.core.errors import BagError, DatasetError
 
 IMAGE_TYPES = frozenset({"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"})
 

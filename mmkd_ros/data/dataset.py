@@ -1,10 +1,11 @@
 """The extracted pair dataset as torch Datasets: splits by group, normalisation, paired augmentation.
 
 Read side of the format that :mod:`mmkd_ros.data.extract` writes (``manifest.csv`` +
-``dataset.json`` + ``rgb/`` + ``nir/``). Pixels go through :mod:`mmkd_ros.data.images` exactly as
-at inference: ``to_tensor01 -> resize`` once (cached in memory), then per sample
-``augment -> normalize`` in training or just ``normalize`` in evaluation, which makes evaluation
-pixels identical to :func:`mmkd_ros.data.images.prepare`.
+``dataset.json`` + ``rgb/`` + ``nir/``). Pixels go through :mod:`mmkd_ros.core.preprocess` exactly
+as at inference: stage 1, :func:`~mmkd_ros.core.preprocess.to_model_scale`, once (cached in
+memory), then per sample ``augment ->`` stage 2, :func:`~mmkd_ros.core.preprocess.normalize`, in
+training, or stage 2 alone in evaluation, which makes evaluation pixels those of
+:func:`~mmkd_ros.core.preprocess.prepare`.
 
 Splits are by ``group`` (a scene segment of a bag, an image of CWFID...), never by frame: frames of
 one scene are near-duplicates, and letting them straddle train and test would measure memory,
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+import threading
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,10 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from mmkd_ros.data import images
+from mmkd_ros.core import preprocess
+from mmkd_ros.core.errors import DatasetError
+from mmkd_ros.data.image_files import read_image_file
 from mmkd_ros.data.manifest import INFO_NAME, MANIFEST_NAME, SPLITS, load_dataset_info, read_manifest
-from mmkd_ros.errors import DatasetError
 
 MODALITIES = ("rgb", "nir")
 
@@ -116,24 +119,49 @@ def assign_splits(records: Sequence[PairRecord], val_fraction: float, test_fract
     return [r if r.split else PairRecord(r.id, r.rgb, r.nir, r.label, r.group, group_split[r.group]) for r in records]
 
 
-_TENSOR_CACHE: dict[tuple, dict[str, list[torch.Tensor]]] = {}
+class ResizedCache:
+    """Stage-1 tensors of whole splits, kept between runs of one process, least recently used out first.
+
+    One process often trains the teacher, distills and evaluates on the same dataset; decoding
+    its PNGs again for each would cost more than training a small model on 2 cores. The cache is
+    bounded by bytes (``max_bytes``, default 4 GiB; a 1500-pair 96x96 dataset is about 200 MB).
+    """
+
+    def __init__(self, max_bytes: int = 4 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, tuple[dict[str, list[torch.Tensor]], int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, load: Callable[[], dict[str, list[torch.Tensor]]]) -> dict[str, list[torch.Tensor]]:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key][0]
+        value = load()
+        size = sum(t.numel() * t.element_size() for tensors in value.values() for t in tensors)
+        with self._lock:
+            self._entries[key] = (value, size)
+            while len(self._entries) > 1 and sum(n for _, n in self._entries.values()) > self.max_bytes:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+RESIZED = ResizedCache()
 
 
 def load_resized(info: DatasetInfo, records: Sequence[PairRecord], size: Sequence[int],
                  modalities: Sequence[str] = MODALITIES) -> dict[str, list[torch.Tensor]]:
-    """``resize(to_tensor01(read(file)))`` of every record, per modality: {modality: [[C,h,w], ...]}.
-
-    Kept in memory for the process (a 1500-pair 96x96 dataset is ~200 MB) because decoding 640x480
-    PNGs every epoch would cost more than training a small model on 2 cores.
-    """
+    """Stage 1 of the preprocessing of every record, per modality: {modality: [[C,h,w], ...]} (cached)."""
     key = (str(info.root), info.cache_key, tuple(size), tuple(modalities), tuple(r.id for r in records))
-    if key not in _TENSOR_CACHE:
-        if len(_TENSOR_CACHE) >= 6:
-            _TENSOR_CACHE.pop(next(iter(_TENSOR_CACHE)))
 
+    def load_all() -> dict[str, list[torch.Tensor]]:
         def load(record: PairRecord, modality: str) -> torch.Tensor:
             path = getattr(record, modality)
-            t = images.resize(images.to_tensor01(images.read_image_file(path)), size)  # [C, h, w]
+            t = preprocess.to_model_scale(read_image_file(path), size)  # [C, h, w]
             if t.shape[0] != info.channels[modality]:
                 raise DatasetError(f"{path} has {t.shape[0]} channel(s) but dataset.json says {modality} has "
                                    f"{info.channels[modality]}; re-run the extraction")
@@ -141,8 +169,9 @@ def load_resized(info: DatasetInfo, records: Sequence[PairRecord], size: Sequenc
 
         # PNG decoding and resizing release the GIL: threads give ~cores x speed-up on first load.
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            _TENSOR_CACHE[key] = {m: list(pool.map(load, records, [m] * len(records))) for m in modalities}
-    return _TENSOR_CACHE[key]
+            return {m: list(pool.map(load, records, [m] * len(records))) for m in modalities}
+
+    return RESIZED.get(key, load_all)
 
 
 def compute_normalization(info: DatasetInfo, size: Sequence[int],
@@ -218,7 +247,7 @@ class PairDataset(Dataset):
         sample = {m: self.tensors[m][index] for m in self.modalities}  # [C, h, w] in [0, 1]
         if self.augment is not None:
             sample = self.augment(sample)
-        out = {m: images.normalize(sample[m], **self.normalization[m]) for m in self.modalities}
+        out = {m: preprocess.normalize(sample[m], **self.normalization[m]) for m in self.modalities}
         out["label"] = self.labels[index]
         return out
 

@@ -41,16 +41,15 @@ import numpy as np
 from mmkd_ros import __version__
 from mmkd_ros.data.bag import BagReader, LabelTimeline, bag_files, read_labels_csv, \
     resolve_bag_path
-from mmkd_ros.data.images import read_image_file, write_png
+from mmkd_ros.data.image_files import read_image_file, write_png
 from mmkd_ros.data.manifest import DATASET_FORMAT, DATASET_VERSION, INFO_NAME, MANIFEST_NAME, \
     load_dataset_info, write_manifest
 from mmkd_ros.data.pairing import nearest_index, pair_nearest
 from mmkd_ros.data.splits import read_bag_splits
-from mmkd_ros.errors import BagError, DatasetError
+from mmkd_ros.core.errors import BagError, DatasetError
+from mmkd_ros.core.topics import LABEL_TOPIC, NIR_TOPIC, RGB_TOPIC
 
-DEFAULT_RGB_TOPIC = "/camera/color/image_raw"
-DEFAULT_NIR_TOPIC = "/camera/nir/image_raw"
-DEFAULT_LABEL_TOPIC = "/scene/label"
+DEFAULT_RGB_TOPIC, DEFAULT_NIR_TOPIC, DEFAULT_LABEL_TOPIC = RGB_TOPIC, NIR_TOPIC, LABEL_TOPIC
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 _EXTRACTOR_VERSION = 1  # bump when the output for the same inputs changes (invalidates caches)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmkd_ros.errors import DatasetError
+from mmkd_ros.core.errors import DatasetError
 
 DATASET_FORMAT = "mmkd_ros/pair-dataset"
 DATASET_VERSION = 1

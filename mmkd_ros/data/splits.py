@@ -15,13 +15,12 @@ manifest's ``group`` column.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from mmkd_ros.core.atomic import write_atomic
 from mmkd_ros.data.manifest import SPLITS
-from mmkd_ros.errors import DatasetError
+from mmkd_ros.core.errors import DatasetError
 
 SPLITS_FORMAT = "mmkd_ros/bag-splits"
 SPLITS_VERSION = 1
@@ -73,14 +72,4 @@ def write_bag_splits(path: str | Path, splits: Mapping[str, str], **extra: Any) 
             raise ValueError(f"bag {bag!r}: split {split!r} is not one of {', '.join(SPLITS)}")
     payload = {"format": SPLITS_FORMAT, "version": SPLITS_VERSION,
                "splits": dict(sorted(splits.items())), **extra}
-    text = json.dumps(payload, indent=1) + "\n"
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, json.dumps(payload, indent=1) + "\n")

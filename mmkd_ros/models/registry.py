@@ -6,9 +6,12 @@ A checkpoint stores ``arch`` (a name here) and ``arch_args`` (the builder's keyw
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from mmkd_ros.core.errors import CheckpointError
 from mmkd_ros.models.discriminator import FeatureDiscriminator, Projector
 from mmkd_ros.models.student import MobileNetV3Student, TinyStudent
 from mmkd_ros.models.teacher import RGBTwin, TwoBranchTeacher
@@ -80,3 +83,19 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
 
 def model_names(prefix: str = "") -> list[str]:
     return sorted(n for n in MODELS if n.startswith(prefix))
+
+
+def build_from_checkpoint(checkpoint: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """Rebuild the model and load its weights; an architecture mismatch is a one-line CheckpointError."""
+    try:
+        model = build_model(checkpoint["arch"], **checkpoint["arch_args"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: cannot build architecture {checkpoint['arch']!r}: {exc}") from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(
+            f"{source}: weights do not fit architecture {checkpoint['arch']} {checkpoint['arch_args']} ({detail})"
+        ) from None
+    return model

@@ -7,8 +7,8 @@ behave identically:
 - the newest frame waits in a one-item slot; an inference worker thread takes it (a frame that is
   replaced before the worker gets to it is dropped and counted), so latency never piles up behind
   a queue and the executor keeps taking messages from the middleware;
-- the frame is decoded with :func:`mmkd_ros.data.images.msg_to_array` and classified by
-  :class:`mmkd_ros.inference.Classifier` (the ML lives there, not here); a frame that cannot be
+- the frame is decoded with :func:`mmkd_ros.data.ros_images.msg_to_array` and classified by
+  :class:`mmkd_ros.deploy.classifier.Classifier` (the ML lives there, not here); a frame that cannot be
   decoded or classified is counted as bad and logged (throttled), never fatal;
 - ``~/classification``, ``~/image_annotated`` and ``/diagnostics`` are published.
 """
@@ -26,8 +26,9 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
-from mmkd_ros.data.images import msg_to_array
-from mmkd_ros.errors import MmkdError
+from mmkd_ros.core.device import resolve_device
+from mmkd_ros.core.errors import MmkdError
+from mmkd_ros.data.ros_images import msg_to_array
 from mmkd_ros.nodes import outputs
 from mmkd_ros.nodes.common import (
     FrameStats,
@@ -181,7 +182,7 @@ class ClassifierNode(Node):
                 f"parameter 'device' is '{self.params['device']}'; use auto, cpu, cuda or cuda:N"
             )
         # Checks that need no torch come first: a typo fails in a fraction of a second.
-        from mmkd_ros.inference import Classifier, resolve_device  # torch import: seconds
+        from mmkd_ros.deploy.classifier import Classifier  # deferred: it imports torch (seconds)
 
         try:
             resolve_device(self.params["device"])

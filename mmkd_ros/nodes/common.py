@@ -24,7 +24,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from mmkd_ros.errors import ConfigError, MmkdError
+from mmkd_ros.core.errors import ConfigError, MmkdError
 
 T = TypeVar("T")
 

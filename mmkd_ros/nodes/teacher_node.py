@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mmkd_ros.data.images import stamp_to_ns
+from mmkd_ros.data.ros_images import stamp_to_ns
 from mmkd_ros.data.pairing import StreamPairer
 from mmkd_ros.nodes.classifier_base import INPUT_TYPES, ClassifierNode, Frame, image_msg_type
 from mmkd_ros.nodes.common import ParamSpec, camera_qos, main_for

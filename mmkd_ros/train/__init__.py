@@ -1,2 +1,2 @@
-"""Training recipes: ``teacher.train_teacher``, ``distill.distill`` (step in ``distill.distill_step``),
-``pipeline.run_chain`` (bag -> teacher -> student -> report), and self-describing ``checkpoint``s."""
+"""Training: ``teacher.train_teacher`` and ``distill.distill`` (recipes), their one epoch loop
+(``loop.fit``), the objective terms (``objectives``), the config and its table of methods (``config``)."""

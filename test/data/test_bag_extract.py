@@ -11,13 +11,14 @@ from rosbags.rosbag1 import Writer as Writer1
 from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
-from mmkd_ros.data import synthetic
+from mmkd_ros.sim import synthetic
 from mmkd_ros.data.bag import BagReader
 from mmkd_ros.data.extract import BagOptions, extract_bags, extract_folder, extract_geotiffs
-from mmkd_ros.data.images import array_to_image_msg, read_image_file, write_png
+from mmkd_ros.data.image_files import read_image_file, write_png
+from mmkd_ros.data.ros_images import array_to_image_msg
 from mmkd_ros.data.manifest import MANIFEST_COLUMNS, load_dataset_info, read_manifest
 from mmkd_ros.data.pairing import pair_nearest
-from mmkd_ros.errors import BagError, DatasetError
+from mmkd_ros.core.errors import BagError, DatasetError
 
 REPO = Path(__file__).resolve().parents[2]
 EXTRACT = REPO / "training" / "extract.py"
@@ -292,7 +293,7 @@ def test_bad_bag_inputs_fail_cleanly(tmp_path, case, capsys):
     import importlib.util
     import re
 
-    from mmkd_ros.errors import run_cli
+    from mmkd_ros.core.errors import run_cli
 
     spec = importlib.util.spec_from_file_location("extract_cli", EXTRACT)
     cli = importlib.util.module_from_spec(spec)
@@ -450,7 +451,7 @@ def test_cli_bag_takes_several_paths_per_flag_and_splits(tmp_path, capsys):
     import importlib.util
 
     from mmkd_ros.data.splits import write_bag_splits
-    from mmkd_ros.errors import run_cli
+    from mmkd_ros.core.errors import run_cli
 
     spec = importlib.util.spec_from_file_location("extract_cli", EXTRACT)
     cli = importlib.util.module_from_spec(spec)

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from mmkd_ros.data import images
+from mmkd_ros.core import preprocess
+from mmkd_ros.data.image_files import read_image_file
 from mmkd_ros.data.dataset import PairDataset, PairedAugment, assign_splits, compute_normalization, open_dataset
-from mmkd_ros.errors import DatasetError
+from mmkd_ros.core.errors import DatasetError
 from tiny_pairs import CLASSES, write_tiny_pairs
 
 
@@ -47,8 +48,8 @@ def test_unlabelled_pairs_get_minus_one_and_stay_in_the_data(hashed):
 
 
 def test_labelled_only_leaves_unlabelled_training_pairs_out(tiny_dataset_with_splits):
-    from mmkd_ros import config as config_lib
-    from mmkd_ros.train.common import prepare_data
+    from mmkd_ros.train import config as config_lib
+    from mmkd_ros.train.data import prepare_data
     from mmkd_ros.train.distill import uses_unlabelled
 
     info = open_dataset(tiny_dataset_with_splits)
@@ -77,7 +78,7 @@ def test_assign_splits_keeps_given_splits():
 def test_normalization_comes_from_the_train_split_only(hashed):
     info = open_dataset(hashed)
     stats = compute_normalization(info, (16, 16))
-    train = torch.stack([images.resize(images.to_tensor01(images.read_image_file(r.nir)), (16, 16))
+    train = torch.stack([preprocess.to_model_scale(read_image_file(r.nir), (16, 16))
                          for r in info.split("train")])
     assert stats["nir"]["mean"][0] == pytest.approx(float(train.mean()), abs=1e-5)
     assert len(stats["rgb"]["mean"]) == 3 and len(stats["nir"]["std"]) == 1
@@ -90,7 +91,7 @@ def test_eval_items_are_exactly_the_inference_preprocessing(hashed):
     item = dataset[0]
     record = info.split("val")[0]
     for modality, path in (("rgb", record.rgb), ("nir", record.nir)):
-        expected = images.prepare(images.read_image_file(path), (20, 24), **stats[modality])
+        expected = preprocess.prepare(read_image_file(path), (20, 24), **stats[modality])
         assert torch.equal(item[modality], expected)
     assert item["label"].dtype == torch.long
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 
-from mmkd_ros.data import synthetic
-from mmkd_ros.data.images import msg_to_array, stamp_to_ns
-from mmkd_ros.errors import BagError
+from mmkd_ros.sim import synthetic
+from mmkd_ros.data.ros_images import msg_to_array, stamp_to_ns
+from mmkd_ros.core.errors import BagError
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = dict(width=64, height=48, duration_s=6.0, scene_min_s=0.5, scene_max_s=0.8)

@@ -70,7 +70,7 @@ def test_discriminator_and_projector(spectral_norm):
 def test_default_student_is_at_most_a_fifth_of_the_default_teacher():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mmkd_ros.config import Config
+    from mmkd_ros.train.config import Config
 
     cfg = Config()
     teacher = build_model(cfg.teacher.arch, num_classes=7, width=cfg.teacher.width, fuse_at=cfg.teacher.fuse_at).eval()

@@ -13,7 +13,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from mmkd_ros.data.images import array_to_compressed_msg, array_to_image_msg
+from mmkd_ros.data.ros_images import array_to_compressed_msg, array_to_image_msg
 from mmkd_ros.nodes.replay_node import to_rclpy
 from ros_testing import NodeProcess, wait_until
 

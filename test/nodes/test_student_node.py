@@ -18,7 +18,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from mmkd_ros.inference import Classifier
+from mmkd_ros.deploy.classifier import Classifier
 from ros_testing import NodeProcess, image_msg, wait_for_subscribers, wait_until
 
 pytestmark = pytest.mark.slow

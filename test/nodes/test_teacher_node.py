@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from mmkd_ros.data.pairing import StreamPairer, pair_nearest
-from mmkd_ros.inference import Classifier
+from mmkd_ros.deploy.classifier import Classifier
 from ros_testing import NodeProcess, image_msg, wait_for_subscribers, wait_until
 
 pytestmark = pytest.mark.slow

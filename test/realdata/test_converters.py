@@ -21,7 +21,7 @@ from rosbags.highlevel import AnyReader
 from bench.realdata import convert_cwfid as cwfid_to_bag, convert_houston as houston_to_bag
 from bench.realdata.common import LABEL_TOPIC, NIR_TOPIC, RGB_TOPIC, Timing, apply_splits
 from mmkd_ros.data.extract import extract_bags
-from mmkd_ros.data.images import msg_to_array, stamp_to_ns
+from mmkd_ros.data.ros_images import msg_to_array, stamp_to_ns
 from mmkd_ros.data.manifest import read_manifest
 
 TIMING = Timing()

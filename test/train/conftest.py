@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mmkd_ros import config as config_lib
+from mmkd_ros.train import config as config_lib
 from tiny_pairs import write_tiny_pairs
 
 TINY_OVERRIDES = [

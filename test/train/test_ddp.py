@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmkd_ros.train import checkpoint as ckpt_lib
+from mmkd_ros.core import artifact as ckpt_lib
 from conftest import TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,14 +5,15 @@ import pickle
 import pytest
 import torch
 
-from mmkd_ros import config as config_lib
-from mmkd_ros.errors import CheckpointError, ModelLoadError
+from mmkd_ros.core import artifact as ckpt_lib
+from mmkd_ros.core.errors import CheckpointError, ModelLoadError
+from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.losses import disc_loss
-from mmkd_ros.models import build_model
-from mmkd_ros.train import checkpoint as ckpt_lib
-from mmkd_ros.train.common import cosine_schedule
-from mmkd_ros.train.distill import DistillModels, StudentWithProjector, adv_ramp, distill, distill_step
-from mmkd_ros.train.focus import FeatureFocus
+from mmkd_ros.models import build_from_checkpoint, build_model
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.train.distill import DistillRecipe, distill
+from mmkd_ros.train.distributed import Runtime
+from mmkd_ros.train.objectives import Adversarial, adv_ramp
 from mmkd_ros.train.teacher import train_teacher
 from tiny_pairs import write_tiny_pairs
 
@@ -30,24 +31,24 @@ def teacher_checkpoint(tiny_dataset, tiny_config, tmp_path_factory):
     return train_teacher(tiny_config, tiny_dataset, tmp_path_factory.mktemp("teacher"))
 
 
-def tiny_models(method: str, w_ce: float = 1.0, condition: str = "teacher_probs") -> tuple[DistillModels, config_lib.DistillConfig]:
+def tiny_models(method: str, w_ce: float = 1.0, condition: str = "teacher_probs") -> DistillRecipe:
+    """A distillation recipe for ``method`` on tiny models (teacher frozen, as distill() builds it)."""
     torch.manual_seed(0)
     teacher = build_model("teacher_resnet_tiny", num_classes=3, width=0.125).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = build_model("student_tiny", num_classes=3, width=0.5)
-    projector = build_model("projector_linear", in_features=student.num_features, out_features=teacher.num_features)
-    student_proj = StudentWithProjector(student, projector)
-    disc_inputs = teacher.num_features + (3 if condition == "teacher_probs" else 0)
-    disc = build_model("discriminator_mlp", in_features=disc_inputs, hidden=8)
-    opt_student = torch.optim.SGD(student_proj.parameters(), lr=0.1)
-    opt_disc = torch.optim.SGD(disc.parameters(), lr=0.1)
-    focus = FeatureFocus(teacher.num_features) if method == "adv+kd+feat" else None
-    models = DistillModels(teacher, student_proj, disc, opt_student, opt_disc, cosine_schedule(opt_student, 10, 0),
-                           focus)
-    cfg = config_lib.replace(config_lib.Config(), distill={"method": method, "w_ce": w_ce,
-                                                           "disc_condition": condition}).distill
-    return models, cfg
+    base = config_lib.load(None, ["device=cpu", "student.arch=student_tiny", "student.width=0.5",
+                                  "distill.warmup_epochs=0"])
+    config = config_lib.with_method(base, method)
+    extra = {"disc_condition": condition, "disc_hidden": 8} if method.startswith("adv") else {}
+    config = config_lib.replace(config, distill={"w_ce": w_ce, **extra})
+    describe = {"arch": "student_tiny", "arch_args": {"num_classes": 3, "in_channels": 3, "width": 0.5},
+                "classes": ["a", "b", "c"], "modalities": ["rgb"]}
+    return DistillRecipe(config, Runtime.start("cpu"), None, describe, teacher, "teacher.pt", steps_per_epoch=10)
+
+
+def disc_of(recipe: DistillRecipe):
+    return next(t for t in recipe.terms if isinstance(t, Adversarial)).disc
 
 
 def tiny_batch() -> dict[str, torch.Tensor]:
@@ -57,43 +58,41 @@ def tiny_batch() -> dict[str, torch.Tensor]:
 
 
 def test_adversarial_gradient_reaches_the_student_and_never_the_teacher():
-    m, cfg = tiny_models("adv", w_ce=0.0)  # only the adversarial term drives the student
+    m = tiny_models("adv", w_ce=0.0)  # only the adversarial term drives the student
     teacher_before = copy.deepcopy(m.teacher.state_dict())
-    student_before = copy.deepcopy(m.student.state_dict())
-    disc_before = copy.deepcopy(m.disc)
+    student_before = copy.deepcopy(m.student_proj.state_dict())
+    disc_before = copy.deepcopy(disc_of(m))
     batch = tiny_batch()
-    losses = distill_step(batch, m, cfg, "cpu")
+    losses = m.step(batch)
     assert set(losses) >= {"loss_disc", "loss_adv", "loss_ce", "loss", "d_real", "d_fake"}
     # teacher: no gradient, no change (BatchNorm statistics included: it ran in eval mode)
     assert all(p.grad is None for p in m.teacher.parameters())
     assert all(torch.equal(v, teacher_before[k]) for k, v in m.teacher.state_dict().items())
     # student and projector: moved by the adversarial loss alone
-    for name, p in m.student.named_parameters():
+    for name, p in m.student_proj.named_parameters():
         if name.startswith(("student.features", "projector")) and p.dim() > 1:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
-    changed = [k for k, v in m.student.state_dict().items() if not torch.equal(v, student_before[k])]
+    changed = [k for k, v in m.student_proj.state_dict().items() if not torch.equal(v, student_before[k])]
     assert any(k.startswith("student.features") for k in changed)
     # discriminator: its gradient is exactly that of its own loss (the student step, run with D
     # frozen, added nothing to it)
     with torch.no_grad():
         real = m.teacher.forward_features(batch["rgb"], batch["nir"])  # [4, D_t]
         probs = torch.softmax(m.teacher.forward_head(real), 1)  # [4, 3]: the condition D sees
-    torch.manual_seed(0)
-    fresh, _ = tiny_models("adv", w_ce=0.0)
-    fake = fresh.student(batch["rgb"])[1].detach()
+    fresh = tiny_models("adv", w_ce=0.0)
+    fake = fresh.student_proj(batch["rgb"])[1].detach()
     logits = disc_before(torch.cat([torch.cat([real, probs], 1), torch.cat([fake, probs], 1)]))
     disc_loss("nsgan", *logits.split(4)).backward()
-    for (name, p), (_, q) in zip(m.disc.named_parameters(), disc_before.named_parameters()):
+    for (name, p), (_, q) in zip(disc_of(m).named_parameters(), disc_before.named_parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-7), name
-    assert all(p.requires_grad is False for p in m.disc.parameters())  # still frozen after the student step
+    assert all(p.requires_grad is False for p in disc_of(m).parameters())  # still frozen after the student step
 
 
 @pytest.mark.parametrize("method", config_lib.METHODS)
 def test_every_method_steps_and_reports_its_terms(method):
-    m, cfg = tiny_models(method)
-    if method in ("ce", "kd"):
-        m.student.projector, m.disc, m.opt_disc = None, None, None
-    losses = distill_step(tiny_batch(), m, cfg, "cpu")
+    m = tiny_models(method)
+    assert (m.student_proj.projector is None) == (method in ("ce", "kd"))  # built only where a term reads it
+    losses = m.step(tiny_batch())
     expected = {"ce": {"loss_ce"}, "kd": {"loss_kd"}, "feat_l2": {"loss_feat"}, "adv": {"loss_adv", "loss_disc"},
                 "adv+kd": {"loss_adv", "loss_kd", "loss_disc"},
                 "adv+kd+feat": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"}}[method]
@@ -103,21 +102,22 @@ def test_every_method_steps_and_reports_its_terms(method):
 
 @pytest.mark.parametrize("condition", ["none", "teacher_probs"])
 def test_discriminator_input_with_and_without_condition(condition):
-    m, cfg = tiny_models("adv", condition=condition)
-    losses = distill_step(tiny_batch(), m, cfg, "cpu")
+    m = tiny_models("adv", condition=condition)
+    losses = m.step(tiny_batch())
     extra = 3 if condition == "teacher_probs" else 0  # the teacher's class probabilities
-    assert m.disc.net[0].in_features == m.teacher.num_features + extra
+    assert disc_of(m).net[0].in_features == m.teacher.num_features + extra
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
 def test_focus_gradient_reaches_the_student_and_never_the_teacher():
-    m, cfg = tiny_models("adv+kd+feat", w_ce=0.0)
+    m = tiny_models("adv+kd+feat", w_ce=0.0)
     teacher_before = copy.deepcopy(m.teacher.state_dict())
-    student_before = copy.deepcopy(m.student.state_dict())
-    distill_step(tiny_batch(), m, cfg, "cpu")
+    student_before = copy.deepcopy(m.student_proj.state_dict())
+    m.step(tiny_batch())
     assert all(torch.equal(v, teacher_before[k]) for k, v in m.teacher.state_dict().items())
-    assert any(not torch.equal(v, student_before[k]) for k, v in m.student.state_dict().items())
-    assert bool(m.focus.initialised) and m.step == 1
+    assert any(not torch.equal(v, student_before[k]) for k, v in m.student_proj.state_dict().items())
+    adversarial = next(t for t in m.terms if isinstance(t, Adversarial))
+    assert bool(m.focus.initialised) and adversarial.updates == 1 and adversarial.focus is m.focus
 
 
 def test_adversarial_warmup_ramps_linearly():
@@ -142,7 +142,9 @@ def test_golden_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path):
 
 @pytest.mark.parametrize("method", ["adv", "kd", "adv+kd+feat"])
 def test_resume_gives_identical_next_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path, method):
-    cfg = config_lib.replace(tiny_config, distill={"method": method, "gp": "r1" if method == "adv" else "none"})
+    cfg = config_lib.with_method(tiny_config, method)
+    if method == "adv":
+        cfg = config_lib.replace(cfg, distill={"gp": "r1"})
     distill(cfg, tiny_dataset, teacher_checkpoint, tmp_path / "straight")
     distill(cfg, tiny_dataset, teacher_checkpoint, tmp_path / "resumed", stop_after=1)
     distill(cfg, tiny_dataset, teacher_checkpoint, tmp_path / "resumed", resume=True)
@@ -175,7 +177,7 @@ def test_mismatched_teacher_is_refused(teacher_checkpoint, tiny_config, tmp_path
     checkpoint = ckpt_lib.load_checkpoint(teacher_checkpoint)
     checkpoint["arch_args"]["width"] = 0.25  # weights of another architecture
     with pytest.raises(CheckpointError, match="do not fit architecture"):
-        ckpt_lib.build_from_checkpoint(checkpoint)
+        build_from_checkpoint(checkpoint)
     with pytest.raises(CheckpointError, match="a student checkpoint is needed"):
         ckpt_lib.load_checkpoint(teacher_checkpoint, role="student")
 
@@ -200,8 +202,6 @@ def test_hostile_pickle_is_refused_cleanly(tmp_path):
     assert not marker.exists()
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps(Hostile(marker), protocol=2))
-    from mmkd_ros.inference import Classifier
-
     with pytest.raises(ModelLoadError):
         Classifier.load(plain, device="cpu")
     assert not marker.exists()

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mmkd_ros import config as config_lib
-from mmkd_ros.errors import ConfigError
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.core.errors import ConfigError
 from mmkd_ros.train.focus import FeatureFocus
 
 

@@ -1,8 +1,8 @@
 """The main job end to end, on a bag (by default the synthetic demo bag the project writes itself).
 
-1. write the synthetic dual-camera bag if it is not there yet (:mod:`mmkd_ros.data.synthetic`);
+1. write the synthetic dual-camera bag if it is not there yet (:mod:`mmkd_ros.sim.synthetic`);
 2. the offline chain of ``training/distill.py --bag``: extract pairs, train the teacher, distill the
-   student, evaluate (:func:`mmkd_ros.train.pipeline.run_chain`; finished stages are reused);
+   student, evaluate (:func:`mmkd_ros.tools.pipeline.run_chain`; finished stages are reused);
 3. the robot side as real ROS processes: ``student_node`` on the RGB topic and ``replay_node``
    playing the bag; this process listens to ``~/classification`` like any consumer would, scores
    each classification against the bag's label at the frame's stamp, prints the stream (a line per
@@ -20,16 +20,27 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmkd_ros.config import Config
-from mmkd_ros.errors import MmkdError
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RGB_TOPIC = "/camera/color/image_raw"
-LABEL_TOPIC = "/scene/label"
+from mmkd_ros.core.errors import MmkdError
+from mmkd_ros.core.topics import LABEL_TOPIC, RGB_TOPIC
+from mmkd_ros.data.bag import BagReader
+from mmkd_ros.deploy.classifier import Classifier
+from mmkd_ros.nodes.common import percentile
+from mmkd_ros.nodes.outputs import classification_output
+from mmkd_ros.sim.synthetic import SyntheticConfig, write_bag
+from mmkd_ros.tools.pipeline import run_chain
+from mmkd_ros.train.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSIFICATION_TOPIC = "/student_node/classification"
 
 
@@ -45,6 +56,22 @@ def ros_environment() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+@contextmanager
+def _ros_settings() -> Iterator[None]:
+    """The ROS/DDS variables of :func:`ros_environment` set in this process only while inside (restored after)."""
+    wanted = {k: v for k, v in ros_environment().items() if k.startswith(("ROS_", "RMW_", "FASTDDS_"))}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @dataclass
@@ -69,8 +96,6 @@ class LiveScore:
         return self.correct / self.labelled if self.labelled else float("nan")
 
     def latency(self, q: float) -> float:
-        from mmkd_ros.nodes.common import percentile
-
         return percentile(sorted(self.latencies_ms), q) if self.latencies_ms else float("nan")
 
 
@@ -108,14 +133,11 @@ def _tail(log: Path, lines: int = 5) -> str:
 def run_live(bag: Path, model: Path, log_dir: Path, rate: float = 1.0, device: str = "auto",
              max_seconds: float = 600.0) -> LiveScore:
     """Replay ``bag`` into ``student_node`` running ``model``; score its output against the labels."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    with _ros_settings():  # the in-process listener joins the nodes' loopback DDS domain
+        return _run_live(bag, model, log_dir, rate, device, max_seconds)
 
-    from mmkd_ros.data.bag import BagReader
-    from mmkd_ros.inference import Classifier
-    from mmkd_ros.nodes.outputs import classification_output
 
+def _run_live(bag: Path, model: Path, log_dir: Path, rate: float, device: str, max_seconds: float) -> LiveScore:
     with BagReader(bag) as reader:
         timeline = reader.label_timeline(LABEL_TOPIC)
     score = LiveScore(classes=Classifier.load(model, device="cpu").classes)
@@ -126,7 +148,6 @@ def run_live(bag: Path, model: Path, log_dir: Path, rate: float = 1.0, device: s
         with lock:
             score.add(label, timeline.label_at(stamp_ns), latency_ms)
 
-    os.environ.update({k: v for k, v in ros_environment().items() if k.startswith(("ROS_", "RMW_", "FASTDDS_"))})
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("mmkd_demo_listener", context=context)
@@ -175,9 +196,6 @@ def run_live(bag: Path, model: Path, log_dir: Path, rate: float = 1.0, device: s
 
 def run_demo(config: Config, bag: Path, out: Path, rate: float = 1.0, live: bool = True) -> str:
     """The whole main job; returns the one-line summary."""
-    from mmkd_ros.data.synthetic import SyntheticConfig, write_bag
-    from mmkd_ros.train.pipeline import run_chain
-
     if not bag.exists():
         print(f"writing the synthetic demo bag to {bag}")
         write_bag(bag, SyntheticConfig(seed=config.seed), progress=True)

@@ -1,11 +1,11 @@
-"""Image messages <-> arrays for every supported encoding, preprocessing, and PNG files."""
+"""Image messages <-> arrays for every supported encoding, and PNG files."""
 import numpy as np
 import pytest
-import torch
 from rosbags.typesys import Stores, get_typestore
 
-from mmkd_ros.data import images
-from mmkd_ros.errors import ImageDecodeError
+from mmkd_ros.data import image_files
+from mmkd_ros.data import ros_images as images
+from mmkd_ros.core.errors import ImageDecodeError
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 STAMP = 1_700_000_000_123_456_789
@@ -115,47 +115,15 @@ def test_truncated_data_is_an_error_not_a_numpy_traceback(rgb):
         images.msg_to_array(jpeg)
 
 
-def test_to_tensor01_scales_by_dtype():
-    eight = np.full((2, 3, 3), 255, np.uint8)
-    sixteen = np.full((2, 3, 1), 65535 // 2, np.uint16)
-    t8, t16 = images.to_tensor01(eight), images.to_tensor01(sixteen)
-    assert t8.shape == (3, 2, 3) and t8.dtype == torch.float32 and torch.all(t8 == 1.0)
-    assert t16.shape == (1, 2, 3) and torch.allclose(t16, torch.tensor(0.5), atol=1e-4)
-    assert images.to_tensor01(np.zeros((2, 3), np.uint8)).shape == (1, 2, 3)
-    with pytest.raises(ValueError, match="uint8 or uint16"):
-        images.to_tensor01(np.zeros((2, 3, 1), np.float32))
-
-
-def test_resize_normalize_prepare(rgb):
-    t = images.to_tensor01(rgb)
-    assert images.resize(t, (6, 5)) is t
-    small = images.resize(t, (3, 2))
-    assert small.shape == (3, 3, 2)
-    assert images.resize(t.unsqueeze(0), (4, 4)).shape == (1, 3, 4, 4)
-    normed = images.normalize(t, [0.5] * 3, [0.25] * 3)
-    assert torch.allclose(normed, (t - 0.5) / 0.25)
-    with pytest.raises(ValueError, match="3 channels"):
-        images.normalize(t, [0.5], [0.25])
-    prepared = images.prepare(rgb, (3, 2), [0.5] * 3, [0.25] * 3)
-    assert torch.allclose(prepared, (small - 0.5) / 0.25)
-
-
-def test_resize_antialias_averages_fine_texture():
-    stripes = np.zeros((64, 64, 1), np.uint8)
-    stripes[:, ::2] = 255  # one-pixel stripes
-    small = images.resize(images.to_tensor01(stripes), (8, 8))
-    assert torch.allclose(small, torch.tensor(0.5), atol=0.05)
-
-
 def test_png_files_round_trip(tmp_path, rgb):
-    images.write_png(tmp_path / "rgb.png", rgb)
-    np.testing.assert_array_equal(images.read_image_file(tmp_path / "rgb.png"), rgb)
+    image_files.write_png(tmp_path / "rgb.png", rgb)
+    np.testing.assert_array_equal(image_files.read_image_file(tmp_path / "rgb.png"), rgb)
     mono16 = (np.arange(20, dtype=np.uint16) * 3000).reshape(4, 5, 1)
-    images.write_png(tmp_path / "nir.png", mono16)
-    back = images.read_image_file(tmp_path / "nir.png")
+    image_files.write_png(tmp_path / "nir.png", mono16)
+    back = image_files.read_image_file(tmp_path / "nir.png")
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, mono16)
     np.save(tmp_path / "bands.npy", np.zeros((4, 5, 2), np.uint16))
-    assert images.read_image_file(tmp_path / "bands.npy").shape == (4, 5, 2)
+    assert image_files.read_image_file(tmp_path / "bands.npy").shape == (4, 5, 2)
     with pytest.raises(Exception, match="cannot read image"):
-        images.read_image_file(tmp_path / "missing.png")
+        image_files.read_image_file(tmp_path / "missing.png")

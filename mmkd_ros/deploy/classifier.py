@@ -1,8 +1,9 @@
 """Run a trained model on camera frames: load a checkpoint (torch) or an exported student (.onnx).
 
-Preprocessing is :func:`mmkd_ros.data.images.prepare` with the input size and normalisation stored
-in the model file: exactly what evaluation did during training, so the model never sees
-differently prepared pixels in the field. The ROS nodes call only this module for the ML.
+Preprocessing is :func:`mmkd_ros.core.preprocess.prepare` with the input size and normalisation
+stored in the model file (:mod:`mmkd_ros.core.artifact`): exactly what evaluation did during
+training, so the model never sees differently prepared pixels in the field. The ROS nodes call only
+this module for the ML. It imports the core and the models, nothing of training or the tools.
 """
 from __future__ import annotations
 
@@ -14,33 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmkd_ros.data import images
-from mmkd_ros.errors import CheckpointError, ModelLoadError
+from mmkd_ros.core import preprocess
+from mmkd_ros.core.artifact import ONNX_METADATA_KEY, load_checkpoint
+from mmkd_ros.core.device import resolve_device
+from mmkd_ros.core.errors import CheckpointError, ModelLoadError
+from mmkd_ros.models import build_from_checkpoint
 
-ONNX_METADATA_KEY = "mmkd_ros"  # metadata_props key holding the JSON description of an exported student
 BACKENDS = ("auto", "torch", "onnxruntime")
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``/``cuda``/``cuda:N`` are checked.
-
-    Raises ``ValueError`` with a message that says what is available.
-    """
-    device = str(device).strip().lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {device!r} requested but no CUDA GPU is visible; use 'cpu' or 'auto'")
-        if device.startswith("cuda:"):
-            index = device.split(":", 1)[1]
-            if not index.isdigit() or int(index) >= count:
-                raise ValueError(f"device {device!r} does not exist; this machine has cuda:0..cuda:{count - 1}")
-        return device
-    raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 @dataclass
@@ -87,8 +68,6 @@ class Classifier:
 
     @classmethod
     def _load_torch(cls, path: Path, device: str) -> "Classifier":
-        from mmkd_ros.train.checkpoint import build_from_checkpoint, load_checkpoint
-
         try:
             checkpoint = load_checkpoint(path)
             model = build_from_checkpoint(checkpoint, path).to(device).eval()
@@ -153,7 +132,7 @@ class Classifier:
             if channels != self.channels[m]:
                 raise ValueError(f"{m} image has {channels} channel(s), the model was trained on {self.channels[m]}")
             norm = self.normalization[m]
-            out[m] = images.prepare(arr, self.input_size, norm["mean"], norm["std"])  # [C, h, w]
+            out[m] = preprocess.prepare(arr, self.input_size, norm["mean"], norm["std"])  # [C, h, w]
         return out
 
     def predict(self, images_by_modality: dict[str, np.ndarray]) -> Prediction:

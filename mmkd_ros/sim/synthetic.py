@@ -63,13 +63,15 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from mmkd_ros.core.errors import BagError
+from mmkd_ros.core.topics import LABEL_TOPIC, NIR_TOPIC, RGB_COMPRESSED_TOPIC, RGB_TOPIC  # noqa: F401 (re-exported)
+from mmkd_ros.data.ros_images import array_to_compressed_msg, array_to_image_msg
 
 CLASSES: tuple[str, ...] = ("artificial_turf", "asphalt", "dry_vegetation", "green_paint",
                             "live_vegetation", "soil", "water")
-RGB_TOPIC = "/camera/color/image_raw"
-RGB_COMPRESSED_TOPIC = "/camera/color/image_raw/compressed"
-NIR_TOPIC = "/camera/nir/image_raw"
-LABEL_TOPIC = "/scene/label"
 RGB_FRAME_ID = "camera_color_optical_frame"
 NIR_FRAME_ID = "camera_nir_optical_frame"
 
@@ -607,12 +609,6 @@ def write_bag(out: str | Path, config: SyntheticConfig = SyntheticConfig(),
     Messages use ROS 2 Jazzy type definitions (``sensor_msgs/Image``, ``CompressedImage`` and
     ``std_msgs/String`` are identical in Humble and Jazzy); bag format version 9.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    from mmkd_ros.data.images import array_to_compressed_msg, array_to_image_msg
-    from mmkd_ros.errors import BagError
-
     out = Path(out)
     if out.exists():
         raise BagError(f"{out} exists already: choose a new --out path or delete it first")

@@ -1,30 +1,28 @@
 """Export the student (never the teacher: it needs NIR, which the robot's student does not have).
 
 ONNX (dynamo exporter, dynamic batch) with the checkpoint's description (classes, modalities,
-channels, input size, normalisation) stored as ONNX ``metadata_props`` JSON, so
-:class:`mmkd_ros.inference.Classifier` prepares pixels exactly as in training; and TorchScript
-(``torch.jit.trace``, with the same JSON as an extra file). Each export is checked against the
-PyTorch model on batches of 1 and 3 and the largest absolute difference is reported.
+channels, input size, normalisation; :func:`mmkd_ros.core.artifact.describe`) stored as ONNX
+``metadata_props`` JSON, so :class:`mmkd_ros.deploy.classifier.Classifier` prepares pixels exactly
+as in training. The export is checked against the PyTorch model on batches of 1 and 3 and the
+largest absolute difference is reported. (No TorchScript: nothing here loads it, and the ``.pt``
+checkpoint already runs under torch without executing code from the file.)
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmkd_ros.errors import CheckpointError
-from mmkd_ros.inference import ONNX_METADATA_KEY
-from mmkd_ros.train.checkpoint import build_from_checkpoint, load_checkpoint
+from mmkd_ros.core.artifact import ONNX_METADATA_KEY, describe, load_checkpoint
+from mmkd_ros.core.errors import CheckpointError
+from mmkd_ros.models import build_from_checkpoint
 
-FORMATS = ("onnx", "torchscript")
-METADATA_FIELDS = ("role", "arch", "arch_args", "classes", "modalities", "channels", "input_size", "normalization",
-                   "package_version")
+FORMATS = ("onnx",)
 
 
 @dataclass
@@ -37,7 +35,7 @@ class ExportResult:
 
 def export_student(checkpoint_path: str | Path, out_dir: str | Path, formats: tuple[str, ...] = FORMATS,
                    opset: int = 18, tolerance: float = 1e-4) -> ExportResult:
-    """Export a student checkpoint to ``out_dir`` (``student.onnx``, ``student.torchscript.pt``)."""
+    """Export a student checkpoint to ``out_dir`` (``student.onnx``)."""
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -47,7 +45,7 @@ def export_student(checkpoint_path: str | Path, out_dir: str | Path, formats: tu
         raise CheckpointError(f"{checkpoint_path} is a {checkpoint['role']} checkpoint; only the RGB student is exported "
                               "(the teacher needs NIR and runs from its .pt checkpoint)")
     model = build_from_checkpoint(checkpoint, checkpoint_path).eval()
-    metadata = {k: checkpoint[k] for k in METADATA_FIELDS if k in checkpoint}
+    metadata = describe(checkpoint)
     metadata["source_checkpoint"] = checkpoint_path.name
     out_dir.mkdir(parents=True, exist_ok=True)
     h, w = checkpoint["input_size"]
@@ -59,10 +57,6 @@ def export_student(checkpoint_path: str | Path, out_dir: str | Path, formats: tu
         path = out_dir / "student.onnx"
         _export_onnx(model, probes[1], metadata, path, opset)
         result.paths["onnx"], result.max_abs_diff["onnx"] = path, _onnx_parity(model, path, probes)
-    if "torchscript" in formats:
-        path = out_dir / "student.torchscript.pt"
-        _export_torchscript(model, probes[1], metadata, path)
-        result.paths["torchscript"], result.max_abs_diff["torchscript"] = path, _torchscript_parity(model, path, probes)
     for name, diff in result.max_abs_diff.items():
         if not diff <= tolerance:
             raise CheckpointError(f"{name} export disagrees with PyTorch: max |diff| {diff:.3g} > {tolerance:g}")
@@ -87,17 +81,6 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, metadata: dict[s
         os.replace(staged, path)
 
 
-def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, metadata: dict[str, Any], path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the TorchScript route
-        traced = torch.jit.trace(model, example)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        torch.jit.save(traced, tmp, _extra_files={"mmkd_ros.json": json.dumps(metadata)})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def _onnx_parity(model: torch.nn.Module, path: Path, probes: list[torch.Tensor]) -> float:
     import onnxruntime as ort
@@ -106,11 +89,3 @@ def _onnx_parity(model: torch.nn.Module, path: Path, probes: list[torch.Tensor])
     name = session.get_inputs()[0].name
     diffs = [torch.from_numpy(session.run(None, {name: x.numpy()})[0]) - model(x) for x in probes]  # [B, K] each
     return max(float(d.abs().max()) for d in diffs)
-
-
-@torch.no_grad()
-def _torchscript_parity(model: torch.nn.Module, path: Path, probes: list[torch.Tensor]) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = torch.jit.load(str(path))
-    return max(float((loaded(x) - model(x)).abs().max()) for x in probes)

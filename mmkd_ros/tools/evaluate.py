@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmkd_ros.core.artifact import check_compatible, load_checkpoint
+from mmkd_ros.core.atomic import atomic_path, write_atomic
+from mmkd_ros.core.device import resolve_device
+from mmkd_ros.core.errors import DatasetError
+from mmkd_ros.core.metrics import classification_metrics
 from mmkd_ros.data.dataset import PairDataset, open_dataset
-from mmkd_ros.errors import DatasetError
-from mmkd_ros.train.checkpoint import build_from_checkpoint, check_compatible, load_checkpoint
-from mmkd_ros.train.common import classification_metrics, make_eval_loader, predict_logits
+from mmkd_ros.models import build_from_checkpoint
+from mmkd_ros.train.data import make_eval_loader, predict_logits
 
 
 def evaluate(checkpoints: Sequence[str | Path] | dict[str, str | Path], data_dir: str | Path, out_dir: str | Path,
@@ -34,8 +36,6 @@ def evaluate(checkpoints: Sequence[str | Path] | dict[str, str | Path], data_dir
     ``checkpoints`` is a list of paths (names derived from role and method) or ``{name: path}``.
     Returns the content of ``metrics.json``.
     """
-    from mmkd_ros.inference import resolve_device
-
     device = resolve_device(device)
     named = dict(checkpoints) if isinstance(checkpoints, dict) else {_default_name(Path(p)): p for p in checkpoints}
     out_dir = Path(out_dir)
@@ -109,15 +109,6 @@ def render_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content.encode() if isinstance(content, str) else content)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _default_name(path: Path) -> str:
     checkpoint = load_checkpoint(path)
     method = checkpoint["metrics"].get("method")
@@ -131,12 +122,9 @@ def _slug(name: str) -> str:
 def _save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _plot_confusion(confusion: list[list[int]], classes: Sequence[str], title: str, path: Path) -> None:

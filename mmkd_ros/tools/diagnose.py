@@ -40,9 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmkd_ros.core import preprocess
+from mmkd_ros.core.artifact import check_compatible, load_checkpoint
+from mmkd_ros.core.errors import DatasetError
+from mmkd_ros.core.metrics import classification_metrics
 from mmkd_ros.data.dataset import DatasetInfo, PairRecord, load_resized, open_dataset
-from mmkd_ros.errors import DatasetError
-from mmkd_ros.train.common import classification_metrics
+from mmkd_ros.models import build_from_checkpoint
 
 NIR_REDUCTION = 4  # the NIR target of measurement 1 is predicted at size / 4 per axis
 
@@ -302,9 +305,6 @@ def teacher_predictability(path: str | Path, info: DatasetInfo, train: _Split, v
                            options: DiagnoseOptions) -> dict[str, Any]:
     """Measurement 4: the teacher's pooled features on train/val (its own input size and
     normalisation, i.e. its inference preprocessing), then an RGB-only probe regresses them."""
-    from mmkd_ros.data.images import normalize
-    from mmkd_ros.train.checkpoint import build_from_checkpoint, check_compatible, load_checkpoint
-
     checkpoint = load_checkpoint(path, role="teacher")
     check_compatible(checkpoint, info.classes, info.channels, path)
     model = build_from_checkpoint(checkpoint, path).eval()
@@ -316,7 +316,7 @@ def teacher_predictability(path: str | Path, info: DatasetInfo, train: _Split, v
         loaded = load_resized(info, split.records, size)
         feats, logits = [], []
         for i in range(0, len(split.records), 128):
-            inputs = [torch.stack([normalize(t, **norm[m]) for t in loaded[m][i:i + 128]])
+            inputs = [preprocess.normalize(torch.stack(loaded[m][i:i + 128]), **norm[m])
                       for m in checkpoint["modalities"]]  # [b, C, h, w] per modality
             f = model.forward_features(*inputs)  # [b, D]
             feats.append(f)

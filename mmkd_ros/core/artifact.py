@@ -1,15 +1,23 @@
-"""Self-describing checkpoints: written atomically, loaded without executing code, checked on use.
+"""The model artifact: one self-describing format for checkpoints (.pt) and exported students (.onnx).
 
-A checkpoint carries everything needed to run its model (architecture name and arguments, class
+Written atomically, loaded without executing code, checked on use. A checkpoint carries everything needed to run its model (architecture name and arguments, class
 names, modalities and channels, input size, normalisation) so a node needs nothing else. Loading
 uses ``torch.load(weights_only=True)``: a model path is a node parameter, so a hostile pickle must
 fail with a clear error, never run.
+
+The same description (every field but the weights and the training state) travels inside an
+exported ``.onnx`` as ``metadata_props[ONNX_METADATA_KEY]`` JSON (:func:`describe`), so both file
+kinds tell a :class:`~mmkd_ros.deploy.classifier.Classifier` the same things.
+
+Fields (``make_checkpoint``): ``format``, ``version``, ``role`` (teacher | student), ``arch`` and
+``arch_args`` (a registry name and its flat builder arguments), ``state_dict``, ``classes``,
+``modalities`` (``["rgb"]`` or ``["rgb", "nir"]``), ``channels`` per modality, ``input_size``
+``[h, w]``, ``normalization`` per modality (``mean``/``std`` per channel), ``config`` (the resolved
+training config), ``metrics``, ``package_version``; ``train_state`` in a resumable ``last.pt``.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,13 +26,16 @@ import torch
 from torch import nn
 
 from mmkd_ros import __version__
-from mmkd_ros.errors import CheckpointError
-from mmkd_ros.models import build_model
+from mmkd_ros.core.atomic import atomic_path
+from mmkd_ros.core.errors import CheckpointError
 
 FORMAT = "mmkd_ros/checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("format", "version", "role", "arch", "arch_args", "state_dict", "classes", "modalities",
                  "channels", "input_size", "normalization")
+ONNX_METADATA_KEY = "mmkd_ros"  # metadata_props key holding the JSON description of an exported student
+DESCRIPTION_FIELDS = ("role", "arch", "arch_args", "classes", "modalities", "channels", "input_size",
+                      "normalization", "package_version")
 
 
 def make_checkpoint(
@@ -33,7 +44,7 @@ def make_checkpoint(
     normalization: dict[str, dict[str, list[float]]], config: dict[str, Any], metrics: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict of CONTRACTS.md (tensors moved to CPU so it loads anywhere)."""
+    """The checkpoint dict described in this module's docstring (tensors on the CPU: it loads anywhere)."""
     checkpoint = {
         "format": FORMAT,
         "version": VERSION,
@@ -56,19 +67,16 @@ def make_checkpoint(
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Write atomically: a temporary file in the same folder, then ``os.replace`` (never a torn file)."""
+    """Write atomically (:func:`~mmkd_ros.core.atomic.atomic_path`): never a torn file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be read by others (nodes)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
     return path
+
+
+def describe(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What a model file says about itself, without weights: the JSON stored in an exported ONNX."""
+    return {k: checkpoint[k] for k in DESCRIPTION_FIELDS if k in checkpoint}
 
 
 def load_checkpoint(path: str | Path, role: str | None = None) -> dict[str, Any]:
@@ -95,22 +103,6 @@ def load_checkpoint(path: str | Path, role: str | None = None) -> dict[str, Any]
     if role is not None and checkpoint["role"] != role:
         raise CheckpointError(f"{path} is a {checkpoint['role']} checkpoint, a {role} checkpoint is needed here")
     return checkpoint
-
-
-def build_from_checkpoint(checkpoint: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
-    """Rebuild the model and load its weights; an architecture mismatch is a one-line CheckpointError."""
-    try:
-        model = build_model(checkpoint["arch"], **checkpoint["arch_args"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: cannot build architecture {checkpoint['arch']!r}: {exc}") from None
-    try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise CheckpointError(
-            f"{source}: weights do not fit architecture {checkpoint['arch']} {checkpoint['arch_args']} ({detail})"
-        ) from None
-    return model
 
 
 def check_compatible(checkpoint: dict[str, Any], classes: Sequence[str], channels: dict[str, int],

@@ -1,23 +1,58 @@
 """Training configuration: typed frozen dataclasses; defaults, then a YAML file, then ``a.b=value``.
 
-Unknown keys and values of the wrong type are :class:`~mmkd_ros.errors.ConfigError` one-liners
-(a typo such as ``distill.w_adb=0.5`` must not silently train with the default). The resolved
-config is saved with every run and checkpoint (``to_dict``), so a result can be reproduced.
+Unknown keys, values of the wrong type or range, and settings of an objective term that the
+chosen method does not use are :class:`~mmkd_ros.core.errors.ConfigError` one-liners (a typo such
+as ``distill.w_adb=0.5``, or ``distill.w_kd=2`` under ``method=adv``, must not silently train
+with the default). The resolved config is saved with every run and checkpoint (``to_dict``), so a
+result can be reproduced.
+
+:data:`METHODS` is the one table of distillation methods: each is a row of objective terms
+(:mod:`mmkd_ros.train.objectives` builds them from it).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import yaml
 
-from mmkd_ros.errors import ConfigError
+from mmkd_ros.core.atomic import write_atomic
+from mmkd_ros.core.errors import ConfigError
 
-METHODS = ("ce", "kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat")
+#: Distillation methods: the objective terms of the student's loss, all at the same budget. Terms
+#: (one class each in mmkd_ros/train/objectives.py):
+#:   ce        cross-entropy on the labelled pairs (every method; alone it is the RGB-only baseline)
+#:   kd        Hinton KD on the teacher's logits
+#:   feat      FitNets: MSE between the projected student feature and the teacher's raw fused feature
+#:   feat_std  per-sample regression in standardised teacher units, predictability-weighted (focus.py)
+#:   adv       discriminator on raw fused features (the seed's method)
+#:   adv_std   discriminator on standardised, predictability-weighted features
+METHODS: dict[str, tuple[str, ...]] = {
+    "ce": ("ce",),
+    "kd": ("ce", "kd"),
+    "feat_l2": ("ce", "feat"),
+    "adv": ("ce", "adv"),
+    "adv+kd": ("ce", "adv", "kd"),
+    "adv+kd+feat": ("ce", "adv_std", "kd", "feat_std"),
+}
+_ADV_FIELDS = ("w_adv", "gan_loss", "d_steps", "lr_disc", "disc_hidden", "disc_layers", "disc_spectral_norm",
+               "disc_condition", "gp", "gp_weight", "adv_warmup_epochs", "projector_hidden")
+_FOCUS_FIELDS = ("focus_floor", "focus_momentum")
+#: The DistillConfig fields that only some terms read; a method without those terms refuses them.
+TERM_FIELDS: dict[str, tuple[str, ...]] = {
+    "ce": (),
+    "kd": ("w_kd", "kd_temperature"),
+    "feat": ("w_feat", "projector_hidden"),
+    "feat_std": ("w_feat", "projector_hidden", *_FOCUS_FIELDS),
+    "adv": _ADV_FIELDS,
+    "adv_std": (*_ADV_FIELDS, *_FOCUS_FIELDS),
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +70,16 @@ class DataConfig:
     val_fraction: float = 0.15  # used when the manifest has no split column
     test_fraction: float = 0.15
 
+    def __post_init__(self) -> None:
+        _check_positive("data", self, ("batch_size",))
+        if min(self.input_size) < 8:
+            raise ConfigError(f"data.input_size={list(self.input_size)} is too small; use at least [8, 8]")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must be in [0, 1)")
+
 
 @dataclass(frozen=True)
 class TeacherConfig:
@@ -50,6 +95,9 @@ class TeacherConfig:
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.1
 
+    def __post_init__(self) -> None:
+        _check_recipe("teacher", self)
+
 
 @dataclass(frozen=True)
 class StudentConfig:
@@ -61,10 +109,10 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Distillation recipe: ``L = w_adv*L_GAN + w_ce*L_CE (+ w_kd*L_KD + w_feat*L_feat)``."""
+    """Distillation recipe: ``L = w_ce*L_CE + w_adv*L_GAN (+ w_kd*L_KD + w_feat*L_feat)``, terms per :data:`METHODS`."""
 
     # adv+kd+feat: at or above the seed's adv on the synthetic bag, CWFID and Houston (BENCHMARKS.md)
-    method: Literal["ce", "kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat"] = "adv+kd+feat"
+    method: str = "adv+kd+feat"  # a key of METHODS
     epochs: int = 10
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -98,12 +146,43 @@ class DistillConfig:
     focus_momentum: float = 0.99
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"distill.method={self.method!r} is not allowed; choose one of {', '.join(METHODS)}")
+        _check_recipe("distill", self)
+        _check_positive("distill", self, ("lr_disc", "kd_temperature", "disc_hidden", "disc_layers"))
+        used = {name for term in METHODS[self.method] for name in TERM_FIELDS[term]}
+        for name in dict.fromkeys(n for fields in TERM_FIELDS.values() for n in fields):
+            if name not in used and getattr(self, name) != _DEFAULTS[name]:
+                raise ConfigError(
+                    f"distill.{name}={getattr(self, name)!r} has no effect under distill.method={self.method} "
+                    f"(terms {'+'.join(METHODS[self.method])}); drop it or choose a method that uses it")
         if not 0.0 <= self.focus_floor <= 1.0:
             raise ConfigError(f"distill.focus_floor={self.focus_floor} must be in [0, 1] (1: no focusing)")
         if not 0.0 <= self.focus_momentum < 1.0:
             raise ConfigError(f"distill.focus_momentum={self.focus_momentum} must be in [0, 1)")
         if self.adv_warmup_epochs < 0 or self.d_steps < 1:
             raise ConfigError("distill.adv_warmup_epochs must be >= 0 and distill.d_steps >= 1")
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
+
+
+def _check_positive(section: str, values: Any, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(values, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{section}.{name}={value!r} must be a positive number")
+
+
+def _check_recipe(section: str, recipe: Any) -> None:
+    """Ranges shared by the teacher and distillation recipes."""
+    _check_positive(section, recipe, ("lr", "epochs"))
+    for name in ("weight_decay", "warmup_epochs"):
+        value = getattr(recipe, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{section}.{name}={value!r} must be a finite number >= 0")
+    if not 0.0 <= recipe.label_smoothing < 1.0:
+        raise ConfigError(f"{section}.label_smoothing={recipe.label_smoothing!r} must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -130,7 +209,10 @@ def load(yaml_path: str | Path | None = None, overrides: list[str] | None = None
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config {path}{where} is not valid YAML: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
         tree = loaded or {}
@@ -167,12 +249,23 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def dump(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    import os
+    write_atomic(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    os.replace(tmp, path)
+
+def with_method(config: Config, method: str) -> Config:
+    """``config`` distilled with ``method`` instead: settings of terms ``method`` lacks go back to defaults.
+
+    For studies that run every method from one base config; a user's explicit setting of an
+    unused term is refused instead (see :class:`DistillConfig`).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"distill.method={method!r} is not allowed; choose one of {', '.join(METHODS)}")
+    used = {name for term in METHODS[method] for name in TERM_FIELDS[term]}
+    tree = to_dict(config)
+    for name in {n for fields in TERM_FIELDS.values() for n in fields} - used:
+        tree["distill"][name] = _DEFAULTS[name]
+    tree["distill"]["method"] = method
+    return from_dict(tree)
 
 
 def replace(config: Config, **sections: dict[str, Any]) -> Config:

@@ -1,9 +1,8 @@
-"""Images: ROS messages <-> numpy, image files, and THE preprocessing path of the models.
+"""ROS image messages <-> numpy arrays, for bags and live topics alike.
 
-Every pixel a model sees goes through :func:`msg_to_array` (or :func:`read_image_file` for an
-extracted dataset) and then :func:`prepare` (inference) or ``to_tensor01 -> resize -> augment ->
-normalize`` (training). Keeping one path is what guarantees that a model never sees differently
-prepared pixels in the field than in training.
+Every pixel a model sees comes from :func:`msg_to_array` (or, from an extracted dataset,
+:func:`mmkd_ros.data.image_files.read_image_file`) and is then prepared by
+:mod:`mmkd_ros.core.preprocess`, the one preprocessing path of training, evaluation and nodes.
 
 Array convention: ``HxWxC`` numpy arrays, ``C = 3`` in RGB order for colour images, ``C = 1`` for
 mono; ``uint8`` or ``uint16``. Tensor convention: ``[C, H, W]`` float32 in ``[0, 1]``.
@@ -13,23 +12,21 @@ messages alike, so bag extraction and live nodes share the conversion. Compresse
 with ``cv2.imdecode(IMREAD_UNCHANGED)`` directly because rosbags-image decodes with
 ``IMREAD_ANYCOLOR``, which silently turns a 16-bit PNG into 8 bits.
 
-torch is imported inside the tensor functions only: bag extraction and the bag writer use this
-module too and should not pay several seconds of ``import torch``.
+No torch here: bag extraction, the bag writer and the nodes' decoding do not pay for it.
 """
 from __future__ import annotations
 
 import types
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from rosbags.image import message_to_cvimage
 
-from mmkd_ros.errors import DatasetError, ImageDecodeError
+from mmkd_ros.core.errors import ImageDecodeError
+from mmkd_ros.data.image_files import bgr_to_rgb, owned_hwc
 
 if TYPE_CHECKING:
-    import torch
     from rosbags.typesys.store import Typestore
 
 # encoding -> (channels, bytes per channel) of the raw ``sensor_msgs/Image`` encodings we accept.
@@ -87,7 +84,7 @@ def _decode_raw(msg: Any) -> np.ndarray:
         )
     target = None if channels == 1 else "rgb8"
     image = message_to_cvimage(msg, target)  # [H, W] mono or [H, W, 3] RGB
-    return _owned_hwc(image)
+    return owned_hwc(image)
 
 
 def _decode_compressed(msg: Any) -> np.ndarray:
@@ -104,127 +101,7 @@ def _decode_compressed(msg: Any) -> np.ndarray:
             f"corrupt or truncated CompressedImage ({msg.format!r}, {buffer.size} bytes): "
             "the data does not decode"
         )
-    return _owned_hwc(_bgr_to_rgb(image))
-
-
-def _bgr_to_rgb(image: np.ndarray) -> np.ndarray:
-    """OpenCV order (BGR / BGRA / mono) -> RGB / mono, alpha dropped."""
-    if image.ndim == 2:
-        return image
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _owned_hwc(image: np.ndarray) -> np.ndarray:
-    """A writable, contiguous ``HxWxC`` copy (never a view into a message buffer)."""
-    if image.ndim == 2:
-        image = image[:, :, None]
-    return np.array(image, copy=True, order="C")
-
-
-# --------------------------------------------------------------------------------------------
-# Model preprocessing (torch)
-
-
-def to_tensor01(arr: np.ndarray) -> "torch.Tensor":
-    """``HxWxC`` (or ``HxW``) uint8/uint16 array -> float32 tensor ``[C, H, W]`` in ``[0, 1]``.
-
-    uint8 is divided by 255 and uint16 by 65535, so a mono16 NIR camera and a mono8 one give the
-    same scale for the same scene.
-    """
-    import torch
-
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3:
-        raise ValueError(f"expected an HxWxC image array, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        scale = 1.0 / 255.0
-    elif arr.dtype == np.uint16:
-        scale = 1.0 / 65535.0
-    else:
-        raise ValueError(f"expected a uint8 or uint16 image array, got {arr.dtype}")
-    chw = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)  # [C, H, W]
-    return torch.from_numpy(chw).mul_(scale)
-
-
-def resize(t: "torch.Tensor", size: Sequence[int]) -> "torch.Tensor":
-    """Bilinear, antialiased resize of ``[C, H, W]`` (or ``[B, C, H, W]``) to ``size = (h, w)``.
-
-    Antialiasing matters when shrinking 640x480 camera frames to a model's 128x128 input: without
-    it, fine texture (one of the cues a good RGB model uses) aliases into noise.
-    """
-    import torch.nn.functional as F
-
-    height, width = int(size[0]), int(size[1])
-    if tuple(t.shape[-2:]) == (height, width):
-        return t
-    batched = t if t.dim() == 4 else t.unsqueeze(0)  # [B, C, H, W]
-    out = F.interpolate(batched, size=(height, width), mode="bilinear", align_corners=False,
-                        antialias=True)
-    return out if t.dim() == 4 else out.squeeze(0)
-
-
-def normalize(t: "torch.Tensor", mean: Sequence[float], std: Sequence[float]) -> "torch.Tensor":
-    """``(t - mean) / std`` per channel of a ``[C, H, W]`` (or ``[B, C, H, W]``) tensor."""
-    import torch
-
-    channels = t.shape[-3]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(
-            f"normalization has {len(mean)} mean / {len(std)} std values for {channels} channels"
-        )
-    mean_t = torch.as_tensor(mean, dtype=t.dtype, device=t.device).view(-1, 1, 1)  # [C, 1, 1]
-    std_t = torch.as_tensor(std, dtype=t.dtype, device=t.device).view(-1, 1, 1)  # [C, 1, 1]
-    return (t - mean_t) / std_t
-
-
-def prepare(arr: np.ndarray, size: Sequence[int], mean: Sequence[float],
-            std: Sequence[float]) -> "torch.Tensor":
-    """Inference preprocessing of one frame: ``normalize(resize(to_tensor01(arr), size))``."""
-    return normalize(resize(to_tensor01(arr), size), mean, std)
-
-
-# --------------------------------------------------------------------------------------------
-# Image files
-
-
-def write_png(path: str | Path, arr: np.ndarray) -> None:
-    """Write ``HxWx3`` RGB uint8 or ``HxWx1`` / ``HxW`` uint8 / uint16 as PNG (16-bit kept)."""
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"PNG needs uint8 or uint16 pixels, got {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    elif arr.ndim == 3 and arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    elif arr.ndim != 2:
-        raise ValueError(f"PNG needs HxW, HxWx1 or HxWx3 pixels, got shape {arr.shape}")
-    # Extraction writes thousands of frames: zlib level 1 with the "up" filter and run-length
-    # strategy encodes a noisy camera frame ~2x faster than level 1 defaults and ~4x faster than
-    # the default level, for about 5% more bytes.
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-    if not cv2.imwrite(str(path), arr, params):
-        raise DatasetError(f"cannot write {path}: check that the folder exists and is writable")
-
-
-def read_image_file(path: str | Path) -> np.ndarray:
-    """Read an image file (PNG/JPEG/TIFF/BMP, or ``.npy`` multi-band) as ``HxWxC`` (RGB order).
-
-    16-bit files stay 16-bit. Raises :class:`DatasetError` naming the file when it cannot be read.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read {path}: {exc}") from None
-        return _owned_hwc(arr)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DatasetError(f"cannot read image {path}: missing, unreadable or not an image file")
-    return _owned_hwc(_bgr_to_rgb(image))
+    return owned_hwc(bgr_to_rgb(image))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Offline tools that combine the layers: the chain, evaluation, export, diagnosis and the demo."""

@@ -1,0 +1,94 @@
+"""Data for both recipes: one dataset opened with one set of statistics, training and evaluation loaders."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mmkd_ros.core.errors import DatasetError
+from mmkd_ros.data.dataset import (
+    MAX_UNLABELLED_SHARE, DatasetInfo, EpochSampler, PairDataset, compute_normalization, open_dataset,
+)
+from mmkd_ros.train.config import Config
+from mmkd_ros.train.distributed import Runtime
+
+
+@dataclass
+class DataBundle:
+    """The splits of one dataset prepared with one set of statistics."""
+
+    info: DatasetInfo
+    normalization: dict[str, dict[str, list[float]]]
+    input_size: tuple[int, int]
+    train: PairDataset
+    val: PairDataset
+
+
+def prepare_data(config: Config, data_dir: str | Path, input_size: Sequence[int] | None = None,
+                 normalization: dict[str, dict[str, list[float]]] | None = None,
+                 unlabelled: bool = True) -> DataBundle:
+    """Open the dataset; statistics from the train split unless given (a teacher's, when distilling).
+
+    ``unlabelled=False`` leaves training pairs without a label out (validation never uses them).
+    """
+    info = open_dataset(data_dir, config.data.val_fraction, config.data.test_fraction)
+    size = tuple(int(s) for s in (input_size or config.data.input_size))
+    if normalization is None:
+        normalization = compute_normalization(info, size)
+    train = PairDataset(info, "train", size, normalization, augment=config.data.augment,
+                        labelled_only=not unlabelled)
+    val = PairDataset(info, "val", size, normalization, augment=False)
+    if len(train) == 0:
+        raise DatasetError(f"{data_dir}: no training pairs after the split; record more scenes (groups)")
+    if len(val) == 0:
+        print(f"warning: {data_dir} has no validation pairs (too few groups); validating on the train split",
+              file=sys.stderr)
+        val = PairDataset(info, "train", size, normalization, augment=False, labelled_only=True)
+    return DataBundle(info, normalization, size, train, val)  # type: ignore[arg-type]
+
+
+def make_train_loader(dataset: PairDataset, config: Config, num_classes: int, runtime: Runtime) -> DataLoader:
+    """Shuffled loader whose order depends only on (seed, epoch, rank): ``--resume`` replays it exactly."""
+    unlabelled_share = float((dataset.labels < 0).float().mean()) if len(dataset) else 0.0
+    if config.data.class_balanced or unlabelled_share > MAX_UNLABELLED_SHARE:
+        # Weighted draws: balanced classes, and/or unlabelled pairs capped at MAX_UNLABELLED_SHARE.
+        sampler: Any = EpochSampler(dataset.labels, num_classes, config.seed, runtime.rank, runtime.world_size,
+                                    balanced=config.data.class_balanced)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True,
+                                     seed=config.seed)
+    per_rank = max(1, config.data.batch_size // runtime.world_size)
+    return DataLoader(
+        dataset, batch_size=per_rank, sampler=sampler, num_workers=config.data.num_workers,
+        drop_last=len(sampler) > per_rank,  # a batch of 1 would break BatchNorm
+        persistent_workers=False,
+    )
+
+
+def make_eval_loader(dataset: PairDataset, batch_size: int) -> DataLoader:
+    """In-order loader; its own generator keeps validation from drawing on the global RNG (which
+    would shift the training stream and make a resumed run differ from an uninterrupted one)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                      generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, modalities: Sequence[str],
+                   device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, K] and labels [N] (-1 = unlabelled) of a whole loader, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        all_logits.append(model(*[batch[m].to(device) for m in modalities]).float().cpu())
+        all_labels.append(batch["label"])
+    model.train(was_training)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+

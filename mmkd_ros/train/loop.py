@@ -1,0 +1,263 @@
+"""THE epoch loop of both recipes: resume, seeding, progress, logging, best/last checkpoints, DDP sync.
+
+A recipe (:class:`Recipe`: the teacher's cross-entropy, or distillation with its objective terms)
+says what one optimiser step does and what a checkpoint holds; :func:`fit` does everything around
+it, identically for both, top to bottom in one function (as nanoGPT's ``train.py``):
+
+- ``last.pt`` after every epoch carries the recipe's state (optimisers, scheduler, extra modules),
+  the history, the best score so far and every rank's RNG state: ``--resume`` continues exactly;
+- the kept checkpoint (``teacher.pt`` / ``student.pt``) is the epoch with the best validation
+  ``select_by`` metric (ties go to the later, longer-trained epoch);
+- ``metrics.csv`` and TensorBoard (``tb/``) get one row per epoch; rank 0 alone writes files.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mmkd_ros.core import artifact
+from mmkd_ros.core.atomic import atomic_path
+from mmkd_ros.core.errors import CheckpointError
+from mmkd_ros.core.metrics import classification_metrics
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.train.config import Config
+from mmkd_ros.train.data import predict_logits
+from mmkd_ros.train.distributed import Runtime
+
+LAST_NAME = "last.pt"
+
+
+class Recipe(Protocol):
+    """What :func:`fit` drives: :class:`RecipeBase` subclasses (the teacher's and distillation's)."""
+
+    name: str  # progress bar and log prefix, e.g. "teacher" or "distill[adv]"
+    model: nn.Module  # the plain model that is validated, saved and checked across replicas
+
+    def train_mode(self) -> None:
+        """Put every trained module in training mode (the frozen teacher stays in eval)."""
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimiser step on a batch; named values (``loss``, ``acc``, per-term losses)."""
+
+    def sync(self) -> None:
+        """End of epoch: make every replica's buffers rank 0's (BatchNorm statistics)."""
+
+    def validate(self) -> dict[str, Any]:
+        """:func:`~mmkd_ros.core.metrics.classification_metrics` of ``model`` on validation (rank 0)."""
+
+    def lr(self) -> float:
+        """The current learning rate of the model's optimiser (for the log)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides ``model``'s weights that an exact resume needs."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (``model``'s weights are loaded by :func:`fit`)."""
+
+    def checkpoint(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The artifact of ``model`` (:func:`~mmkd_ros.core.artifact.make_checkpoint`) without train state."""
+
+
+class RecipeBase:
+    """What both recipes share: runtime, validation data and the checkpoint fields the data fixes.
+
+    ``describe`` holds ``arch``, ``arch_args``, ``classes``, ``modalities``, ``channels``,
+    ``input_size`` and ``normalization`` of the model being trained. A subclass builds ``model``,
+    ``scheduler`` and implements :meth:`step`, :meth:`train_mode`, :meth:`sync` and the state dicts.
+    """
+
+    role = ""  # checkpoint role: teacher | student
+    model: nn.Module
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def __init__(self, config: Config, runtime: Runtime, val_loader: DataLoader, describe: dict[str, Any]) -> None:
+        self.config, self.runtime, self.val_loader, self.describe = config, runtime, val_loader, describe
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``rgb`` [B,C,H,W], ``nir`` [B,C,H,W] and ``label`` [B] of a batch, on the training device."""
+        device = self.runtime.device
+        return batch["rgb"].to(device), batch["nir"].to(device), batch["label"].to(device)
+
+    def validate(self) -> dict[str, Any]:
+        logits, labels = predict_logits(self.model, self.val_loader, self.describe["modalities"], self.runtime.device)
+        return classification_metrics(logits, labels, self.describe["classes"])
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def checkpoint_metrics(self) -> dict[str, Any]:
+        """Facts of the run stored with every checkpoint's metrics (e.g. the method)."""
+        return {}
+
+    def checkpoint(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return artifact.make_checkpoint(role=self.role, model=self.model, config=config_lib.to_dict(self.config),
+                                        metrics={**metrics, **self.checkpoint_metrics()}, **self.describe)
+
+
+def fit(recipe: Recipe, train_loader: DataLoader, config: Config, epochs: int, out_dir: Path, best_name: str,
+        runtime: Runtime, resume_state: dict[str, Any] | None = None, stop_after: int | None = None) -> Path:
+    """Train ``recipe`` for ``epochs`` (resuming from ``resume_state``, a ``last.pt``); returns the best checkpoint.
+
+    ``stop_after`` ends this call after that many epochs in total (the run stays resumable).
+    """
+    start_epoch, best_score, history = 0, -math.inf, []
+    if resume_state is not None:
+        recipe.model.load_state_dict(resume_state["state_dict"])
+        train_state = resume_state["train_state"]
+        recipe.load_state_dict(train_state["recipe"])
+        start_epoch, best_score, history = train_state["epoch"], train_state["best_score"], train_state["history"]
+        set_rng_state(train_state["rng"][min(runtime.rank, len(train_state["rng"]) - 1)])
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.dump(config, out_dir / "config.yaml")
+        log = EpochLog(out_dir, start_epoch)
+    end_epoch = epochs if stop_after is None else min(stop_after, epochs)
+    steps = len(train_loader)
+    for epoch in range(start_epoch, end_epoch):
+        train_loader.sampler.set_epoch(epoch)
+        recipe.train_mode()
+        sums: dict[str, float] = {}
+        bar = tqdm(train_loader, desc=f"{recipe.name} {epoch + 1}/{epochs}", leave=False, file=sys.stderr,
+                   disable=not (runtime.is_main and sys.stderr.isatty()), mininterval=1.0)
+        for batch in bar:
+            values = recipe.step(batch)
+            sums = {k: sums.get(k, 0.0) + v for k, v in values.items()}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k in ("loss", "loss_adv", "d_real", "acc")})
+        recipe.sync()
+        rngs = runtime.gather(rng_state())
+        if runtime.is_main:
+            val = recipe.validate()
+            row = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()},
+                   "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"], "lr": recipe.lr()}
+            history.append(row)
+            log.write(history)
+            print(f"[{recipe.name}] {format_epoch(row)}", file=sys.stderr)
+            metrics = {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch": epoch + 1}
+            checkpoint = recipe.checkpoint(metrics)
+            score = val[config.select_by]  # a key of classification_metrics()
+            if score >= best_score:
+                best_score = score
+                artifact.save_checkpoint(checkpoint, out_dir / best_name)
+            checkpoint["train_state"] = {"recipe": recipe.state_dict(), "epoch": epoch + 1, "best_score": best_score,
+                                         "history": history, "rng": rngs}
+            artifact.save_checkpoint(checkpoint, out_dir / LAST_NAME)
+        runtime.barrier()
+    replica_diff = runtime.replica_max_abs_diff(recipe.model)
+    if runtime.is_main:
+        log.close()
+        record_final(out_dir, (best_name, LAST_NAME), {"replica_max_abs_diff": replica_diff,
+                                                       "world_size": runtime.world_size})
+    return out_dir / best_name
+
+
+def load_resume_state(out_dir: Path, role: str) -> dict[str, Any]:
+    """The ``last.pt`` of a run, which must carry a training state."""
+    path = out_dir / LAST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume in {out_dir}: {LAST_NAME} is missing (run without --resume)")
+    state = artifact.load_checkpoint(path, role=role)
+    if "train_state" not in state or "recipe" not in state["train_state"]:
+        raise CheckpointError(f"{path} has no training state this version can resume from; run without --resume")
+    return state
+
+
+def run_finished(run_dir: Path, epochs: int) -> bool:
+    """True when ``run_dir/last.pt`` records ``epochs`` completed epochs."""
+    last = run_dir / LAST_NAME
+    if not last.is_file():
+        return False
+    return int(artifact.load_checkpoint(last).get("train_state", {}).get("epoch", 0)) >= epochs
+
+
+def record_final(out_dir: Path, names: Sequence[str], extra: dict[str, Any]) -> None:
+    """Add end-of-run facts (e.g. the DDP replica check) to the metrics of a run's checkpoints."""
+    for name in names:
+        path = out_dir / name
+        if path.is_file():
+            checkpoint = artifact.load_checkpoint(path)
+            checkpoint["metrics"].update(extra)
+            artifact.save_checkpoint(checkpoint, path)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to 0, stepped once per optimiser step."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states in types ``torch.load(weights_only=True)`` accepts."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochLog:
+    """Per-epoch metrics to ``metrics.csv`` (rewritten from the full history: exact after resume)
+    and to TensorBoard (``tb/``). Only rank 0 builds one."""
+
+    def __init__(self, run_dir: Path, first_epoch: int) -> None:
+        self.csv_path = run_dir / "metrics.csv"
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer: Any = SummaryWriter(str(run_dir / "tb"), purge_step=first_epoch)
+        except ImportError:  # tensorboard is optional at run time; the CSV is the record
+            self.writer = None
+
+    def write(self, history: list[dict[str, float]]) -> None:
+        row = history[-1]
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key, value, int(row["epoch"]))
+            self.writer.flush()
+        fields = list(dict.fromkeys(k for r in history for k in r))
+        with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(history)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def format_epoch(row: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
