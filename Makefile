@@ -5,7 +5,6 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_BAG ?= data/demo_bag
 RUNS ?= runs/demo
 
 .PHONY: venv demo test test-fast colcon bench clean
@@ -20,9 +19,9 @@ $(STAMP): requirements.txt setup.py
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-## The main job on the embedded default: synthetic bag -> pair dataset -> teacher -> student -> nodes.
+## The main job on the embedded default: simulated drives -> pairs -> teacher, baseline, student -> test drive -> nodes live.
 demo: $(STAMP)
-	$(BIN)/python training/demo.py --bag $(DEMO_BAG) --out $(RUNS)
+	$(BIN)/python training/demo.py --out $(RUNS)
 
 ## The whole test suite (real rclpy/DDS, real rosbags, real torch).
 test: $(STAMP)
@@ -42,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_nodes.py
 	$(BIN)/python bench/bench_modality_gap.py
 	$(BIN)/python bench/bench_distill.py
+	$(BIN)/python bench/bench_demo.py
 
 clean:
 	rm -rf build install log runs data .pytest_cache

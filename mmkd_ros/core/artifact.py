@@ -28,6 +28,7 @@ from torch import nn
 from mmkd_ros import __version__
 from mmkd_ros.core.atomic import atomic_path
 from mmkd_ros.core.errors import CheckpointError
+from mmkd_ros.core.provenance import code_version
 
 FORMAT = "mmkd_ros/checkpoint"
 VERSION = 1
@@ -60,6 +61,7 @@ def make_checkpoint(
         "config": config,
         "metrics": dict(metrics or {}),
         "package_version": __version__,
+        "code": code_version(),  # which source tree made it (benchmarks reuse runs of the same code only)
     }
     if train_state is not None:
         checkpoint["train_state"] = train_state

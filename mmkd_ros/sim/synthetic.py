@@ -127,6 +127,9 @@ class SyntheticConfig:
     compressed_rgb: bool = False  # CompressedImage jpeg on RGB_COMPRESSED_TOPIC
     jpeg_quality: int = 90
     storage: str = "mcap"  # mcap | sqlite3
+    # Share of the scenes whose label is published; the others get an empty label ("": nobody
+    # labelled them), spread evenly over the drive (0.25: every 4th scene), as in a field recording.
+    label_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.nir_encoding not in ("mono8", "mono16"):
@@ -137,6 +140,13 @@ class SyntheticConfig:
             raise ValueError("width and height must be at least 16 pixels")
         if not 0 < self.scene_min_s <= self.scene_max_s or self.duration_s <= 0:
             raise ValueError("need 0 < scene_min_s <= scene_max_s and duration_s > 0")
+        if not 0.0 < self.label_share <= 1.0:
+            raise ValueError(f"label_share must be in (0, 1], got {self.label_share}")
+
+    def labelled(self, scene_index: int) -> bool:
+        """Whether scene ``scene_index`` gets its label published (``label_share`` of them, evenly spread)."""
+        share = self.label_share
+        return math.floor((scene_index + 1) * share + 1e-9) > math.floor(scene_index * share + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -579,7 +589,7 @@ def iter_messages(config: SyntheticConfig,
     canvases: dict[int, _SceneCanvas] = {}
     for event in plan.events:
         if event.kind == "label":
-            yield event, plan.scenes[event.index].label
+            yield event, plan.scenes[event.index].label if config.labelled(event.index) else ""
             continue
         scene_index = int(np.searchsorted(starts, event.stamp_ns, side="right") - 1)
         if scene_index not in canvases:

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""The demo's figures over seeds: does the student beat the RGB-only baseline on unseen scenes?
+
+Runs the offline part of ``training/demo.py`` (drives, extraction, teacher, baseline, student,
+evaluation on the test drive; no live phase) for every seed and label share, then writes the
+"Demo on the simulator" section of BENCHMARKS.md: mean ± std over seeds of the three models'
+test accuracy and macro-F1, the gap closed, the paired student - baseline difference, and each
+stage's median time.
+
+A finished cell (seed x share) is reused only when its ``eval/demo.json`` records this code
+(the digest of the source, ``mmkd_ros.core.provenance``) and this resolved config; otherwise its folder is deleted
+and the cell runs again from the drives on.
+
+    python bench/bench_demo.py                       # seeds 0 1 2, label shares 0.25 and 1
+    python bench/bench_demo.py --seeds 0 --label-shares 0.25 --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mmkd_ros.core.provenance import code_version
+from mmkd_ros.tools.demo import BASELINE, Drives, run_demo
+from mmkd_ros.train import config as config_lib
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.report_section import replace_section  # noqa: E402
+
+TITLE = "Demo on the simulator: student vs RGB-only baseline vs teacher on unseen scenes"
+STAGES = ("bags", "extraction", "teacher", "baseline", "student", "evaluation")
+
+
+def run_cell(config: config_lib.Config, drives: Drives, work: Path) -> dict:
+    """One demo run (offline), reused when its demo.json was made by this code and config."""
+    record = work / "eval" / "demo.json"
+    if record.is_file():
+        done = json.loads(record.read_text())
+        if (done.get("code") or {}).get("source") == code_version()["source"] and done.get("config") == config_lib.to_dict(config) \
+                and done.get("drives") == drives.__dict__:
+            print(f"[bench_demo] reusing {work} (same code and config)", file=sys.stderr)
+            return done
+        print(f"[bench_demo] {work} was made by other code or config: running it again", file=sys.stderr)
+    if work.exists():
+        shutil.rmtree(work)
+    run_demo(config, work, drives, live=False)
+    return json.loads(record.read_text())
+
+
+def mean_std(values: list[float], fmt: str = "{:.3f}") -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(std)}"
+
+
+def share_table(cells: list[dict]) -> tuple[list[str], dict]:
+    """Rows of one label share's table and its verdict figures."""
+    student = next(k for k in cells[0]["metrics"] if k.startswith("student"))
+    rows = []
+    for key, name, inputs in (("teacher", "teacher", "RGB+NIR"), ("baseline", f"baseline `{BASELINE}`", "RGB"),
+                              (student, f"student `{student[8:-1]}`", "RGB")):
+        acc = [c["metrics"][key]["accuracy"] for c in cells]
+        f1 = [c["metrics"][key]["macro_f1"] for c in cells]
+        closed = "-" if key == "teacher" else "0 (baseline)" if key == "baseline" else \
+            mean_std([c["gap_closed"]["accuracy"] for c in cells], "{:.2f}")
+        closed_f1 = "-" if key == "teacher" else "0 (baseline)" if key == "baseline" else \
+            mean_std([c["gap_closed"]["macro_f1"] for c in cells], "{:.2f}")
+        rows.append(f"| {name} | {inputs} | {mean_std(acc)} | {mean_std(f1)} | {closed} | {closed_f1} |")
+    acc = {k: [c["metrics"][k]["accuracy"] for c in cells] for k in ("baseline", student, "teacher")}
+    diff = [s - b for s, b in zip(acc[student], acc["baseline"])]
+    spread = max(statistics.stdev(acc[student]), statistics.stdev(acc["baseline"])) if len(cells) > 1 else 0.0
+    verdict = {
+        "difference": mean_std(diff),
+        "separated": statistics.mean(diff) > 2 * spread and len(cells) > 1,
+        "spread": spread,
+        "gap_closed": statistics.mean([c["gap_closed"]["accuracy"] for c in cells]),
+        "student": statistics.mean(acc[student]), "baseline": statistics.mean(acc["baseline"]),
+        "teacher": statistics.mean(acc["teacher"]),
+        "baseline_epochs": sorted({c["baseline_epochs"] for c in cells}),
+        "epochs": cells[0]["config"]["distill"]["epochs"],
+        "test_scenes": [c["test_scenes"] for c in cells],
+    }
+    return rows, verdict
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_demo")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--label-shares", type=float, nargs="+", default=[0.25, 1.0])
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "train.yaml")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    results: dict[float, list[dict]] = {}
+    for share in args.label_shares:
+        for seed in args.seeds:
+            config = config_lib.load(args.config, ["device=cpu", f"seed={seed}", *args.overrides])
+            cell = run_cell(config, Drives(seed=seed, label_share=share), args.work / f"labels{share:g}_seed{seed}")
+            results.setdefault(share, []).append(cell)
+            print(f"[bench_demo] share {share:g} seed {seed}: {json.dumps(cell['metrics'])} "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    wall = time.perf_counter() - start
+    command = "python bench/bench_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    first = next(iter(results.values()))[0]
+    drives = Drives(**first["drives"])
+    sims = drives.configs()
+    lines = [
+        f"Command: `{command.strip()}` ({wall / 60:.1f} min, {torch.get_num_threads()} CPU threads, "
+        f"{platform.machine()}, torch {torch.__version__}; commit {code_version()['commit'][:12]}"
+        f"{'+dirty' if code_version()['commit'].endswith('dirty') else ''}, source {code_version()['source']}).",
+        "",
+        f"Drives per seed s (`mmkd_ros.tools.demo.Drives`): training {drives.train_s:g} s (seed s), validation "
+        f"{drives.val_s:g} s (seed s+1000, model selection), test {drives.test_s:g} s (seed s+2000: scenes no model "
+        f"saw); {sims['train'].width}x{sims['train'].height} at {sims['train'].rgb_rate_hz:g} Hz, scenes of "
+        f"{sims['train'].scene_min_s:g}-{sims['train'].scene_max_s:g} s. Label share = share of the training "
+        "drive's scenes whose label was published (the others carry an empty label). The teacher trains on the "
+        "labelled frames; the student on every frame (its teacher terms need no label); the baseline on the "
+        "labelled frames for as many optimiser steps as the student (more epochs when labels are scarce). "
+        "Mean ± std over seeds " + ", ".join(map(str, args.seeds)) + ".",
+        "",
+    ]
+    verdicts = {}
+    for share, cells in results.items():
+        rows, verdict = share_table(cells)
+        verdicts[share] = verdict
+        lines += [
+            f"### {share:.0%} of the training scenes labelled",
+            "",
+            f"Test scenes per seed: {verdict['test_scenes']}; student {verdict['epochs']} epochs, baseline "
+            f"{'/'.join(map(str, verdict['baseline_epochs']))} epochs (same steps).",
+            "",
+            "| model | inputs | test accuracy | test macro-F1 | gap closed (accuracy) | gap closed (macro-F1) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Student - baseline, accuracy, paired by seed: {verdict['difference']} "
+            f"({'more' if verdict['separated'] else 'not more'} than two std of either model, "
+            f"{2 * verdict['spread']:.3f}).",
+            "",
+        ]
+    full = results.get(1.0)
+    if full and len(results) > 1:
+        ceiling = {c["drives"]["seed"]: c["metrics"]["baseline"]["accuracy"] for c in full}
+        lines += ["Against the baseline trained with every label (same seed, same drives: what labels alone would "
+                  "give this RGB model), accuracy:", ""]
+        for share, cells in results.items():
+            if share == 1.0:
+                continue
+            student = next(k for k in cells[0]["metrics"] if k.startswith("student"))
+            closed = [(c["metrics"][student]["accuracy"] - c["metrics"]["baseline"]["accuracy"])
+                      / (ceiling[c["drives"]["seed"]] - c["metrics"]["baseline"]["accuracy"])
+                      for c in cells if ceiling.get(c["drives"]["seed"], 0) > c["metrics"]["baseline"]["accuracy"]]
+            lines.append(f"- {share:.0%} labelled: student {verdicts[share]['student']:.3f}, baseline "
+                         f"{verdicts[share]['baseline']:.3f}, baseline with every label "
+                         f"{statistics.mean(ceiling.values()):.3f}; share of that gap the student closes: "
+                         + (f"{mean_std(closed, '{:.2f}')} over {len(closed)} seeds" if closed else
+                            "none (the fully labelled baseline is not ahead)"))
+        lines.append("")
+    timings = {stage: statistics.median(c["timings"][stage] for cells in results.values() for c in cells)
+               for stage in STAGES}
+    lines += [
+        "Stage times, median over the cells (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+        + f"; total {sum(timings.values()):.0f} (the live phase is timed by `make demo`, below).",
+        "",
+        "Gap closed = (student - baseline) / (teacher - baseline) per seed, then mean ± std.",
+    ]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        replace_section(TITLE, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Which code made a result: a digest of the source that shapes it, and the git commit it came from.
+
+Checkpoints and benchmark records carry :func:`code_version`; a benchmark that reuses finished runs
+compares the ``source`` digests (not the commit: a commit that only touches prose or results, as a
+benchmark writing BENCHMARKS.md does, changes no result) and reruns on a mismatch.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+from pathlib import Path
+
+from mmkd_ros import __version__
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+#: What decides a trained model or a benchmark figure: the package, configs, entry points, benches, pins.
+SOURCE_PATHS = ("mmkd_ros", "config", "training", "bench", "setup.py", "requirements.txt")
+
+
+def _git(*args: str) -> bytes:
+    return subprocess.run(["git", "-C", str(SOURCE_ROOT), *args], capture_output=True, check=True,
+                          timeout=20).stdout
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, str]:
+    """``{"source": digest of SOURCE_PATHS as they are on disk, "commit": HEAD or HEAD+dirty}``.
+
+    Outside a git checkout (an installed package) both name the package version.
+    """
+    try:
+        commit = _git("rev-parse", "HEAD").decode().strip()
+        trees = _git("ls-tree", "HEAD", "--", *SOURCE_PATHS)  # object ids of the committed source
+        changes = _git("diff", "HEAD", "--binary", "--", *SOURCE_PATHS)  # tracked edits, staged or not
+        untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *SOURCE_PATHS).split(b"\0")
+    except (OSError, subprocess.SubprocessError):
+        return {"source": f"mmkd_ros {__version__}", "commit": f"mmkd_ros {__version__}"}
+    digest = hashlib.sha256(trees + changes)
+    for name in sorted(n for n in untracked if n):
+        path = SOURCE_ROOT / name.decode(errors="replace")
+        digest.update(name)
+        if path.is_file() and path.stat().st_size < 1 << 20:
+            digest.update(path.read_bytes())
+    dirty = bool(changes) or any(untracked)
+    return {"source": digest.hexdigest()[:16], "commit": f"{commit}+dirty" if dirty else commit}
