@@ -115,22 +115,36 @@ class StreamPairer:
     """Online version of :func:`pair_nearest` for live topics, with bounded buffers.
 
     ``push_rgb`` / ``push_nir`` return the ``(rgb_item, nir_item)`` pairs that became final with
-    that message. Messages older than the newest one of their topic are dropped (counted in
-    ``stats["out_of_order"]``): the finality argument needs in-order stamps per topic. When a
-    stream stalls, the other one's buffer is capped at ``buffer_size`` by dropping its oldest
-    frame (``stats["overflow"]``); only then can the result differ from :func:`pair_nearest`.
+    that message. The finality argument needs in-order stamps per topic, so:
+
+    - a message at most ``max_dt_ns`` older than the newest one of its topic (a reordering in
+      transport) is dropped and counted in ``stats["out_of_order"]``;
+    - a jump backwards by more than that (a bag that loops, a driver restart, a clock reset), or
+      forwards by more than ``reset_jump_ns`` (a clock jump, one frame stamped far in the future),
+      *resets* the pairer: both streams' buffers are cleared and pairing starts again from this
+      message, as ``message_filters``' synchronizers do on a time jump. ``stats["resets"]``
+      counts them and :attr:`last_reset` says why (for the node's log line).
+
+    When a stream stalls, the other one's buffer is capped at ``buffer_size`` by dropping its
+    oldest frame (``stats["overflow"]``); only then can the result differ from
+    :func:`pair_nearest`. ``stats["closest_unpaired_dt_ns"]`` is the stamp distance of the last
+    frame dropped because its nearest partner was farther than ``max_dt_ns`` (what a user needs
+    to pick ``max_dt`` when nothing pairs).
     """
 
-    def __init__(self, max_dt_ns: int, buffer_size: int = 64) -> None:
-        if max_dt_ns < 0 or buffer_size < 1:
-            raise ValueError("StreamPairer needs max_dt_ns >= 0 and buffer_size >= 1")
+    def __init__(self, max_dt_ns: int, buffer_size: int = 64,
+                 reset_jump_ns: int = 2_000_000_000) -> None:
+        if max_dt_ns < 0 or buffer_size < 1 or reset_jump_ns <= 0:
+            raise ValueError("StreamPairer needs max_dt_ns >= 0, buffer_size >= 1 and reset_jump_ns > 0")
         self.max_dt_ns = int(max_dt_ns)
         self.buffer_size = int(buffer_size)
+        self.reset_jump_ns = int(reset_jump_ns)
         self._rgb = _Stream(history_size=buffer_size)
         self._nir = _Stream(history_size=buffer_size)
         self._closed = False
+        self.last_reset: str | None = None
         self.stats = {"pairs": 0, "unpaired_rgb": 0, "unpaired_nir": 0, "out_of_order": 0,
-                      "overflow": 0}
+                      "overflow": 0, "resets": 0, "closest_unpaired_dt_ns": -1}
 
     def push_rgb(self, stamp_ns: int, item: Any) -> list[tuple[Any, Any]]:
         """Add an RGB frame; return the pairs that are now final."""
@@ -153,9 +167,16 @@ class StreamPairer:
     def _push(self, stream: _Stream, drop_key: str, stamp_ns: int,
               item: Any) -> list[tuple[Any, Any]]:
         stamp_ns = int(stamp_ns)
-        if stream.latest is not None and stamp_ns < stream.latest:
-            self.stats["out_of_order"] += 1
-            return []
+        if stream.latest is not None:
+            jump = stamp_ns - stream.latest
+            if -self.max_dt_ns <= jump < 0:
+                self.stats["out_of_order"] += 1
+                return []
+            if jump < 0 or jump > self.reset_jump_ns:
+                topic = "rgb" if stream is self._rgb else "nir"
+                direction = "back" if jump < 0 else "forward"
+                self.reset(f"{topic} stamp jumped {direction} by {abs(jump) / 1e9:.3f} s")
+                stream = self._rgb if topic == "rgb" else self._nir
         stream.pending.append((stream.count, stamp_ns, item))
         stream.count += 1
         stream.latest = stamp_ns
@@ -166,6 +187,15 @@ class StreamPairer:
             self.stats[drop_key] += 1
             pairs += self._settle()
         return pairs
+
+    def reset(self, reason: str) -> None:
+        """Forget both streams (pending frames count as unpaired) and start pairing anew."""
+        self.stats["unpaired_rgb"] += len(self._rgb.pending)
+        self.stats["unpaired_nir"] += len(self._nir.pending)
+        self._rgb = _Stream(history_size=self.buffer_size)
+        self._nir = _Stream(history_size=self.buffer_size)
+        self.stats["resets"] += 1
+        self.last_reset = reason
 
     def _nearest(self, stamp: int, other: _Stream) -> tuple[tuple[int, int] | None, bool]:
         """Nearest ``(seq, stamp)`` of ``other`` to ``stamp`` (ties -> earlier), and if final."""
@@ -186,6 +216,8 @@ class StreamPairer:
         if not final:
             return "wait", None
         if partner is None or abs(partner[1] - stamp) > self.max_dt_ns:
+            if partner is not None:
+                self.stats["closest_unpaired_dt_ns"] = abs(partner[1] - stamp)
             return "drop", None
         if partner in other.settled:
             return "drop", None  # the partner was already used or dropped

@@ -91,6 +91,14 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("publish_annotated", True, "Publish ~/image_annotated (only while someone subscribes)."),
     ParamSpec(
+        "stale_timeout",
+        2.0,
+        "Seconds without an input frame (wall clock) after which /diagnostics turns WARN: a camera "
+        "that stopped, a bag that ended, a remapping that lost its publisher.",
+        min_value=0.1,
+        max_value=3600.0,
+    ),
+    ParamSpec(
         "diagnostics_period",
         1.0,
         "Seconds between /diagnostics messages (wall clock, also under use_sim_time).",
@@ -130,6 +138,8 @@ class ClassifierNode(Node):
         self.gaps = SequenceGapCounter()
         self.slot: LatestSlot[Frame] = LatestSlot()
         self._worker: Optional[threading.Thread] = None
+        self._last_input: Optional[float] = None  # time.monotonic() of the newest input message
+        self._first_input: Optional[float] = None
 
     # -- start -------------------------------------------------------------------------------
     @classmethod
@@ -218,6 +228,23 @@ class ClassifierNode(Node):
         """Resolved input topic names for the start-up log line (subclass)."""
         raise NotImplementedError
 
+    def input_seen(self, msg_info: dict) -> None:
+        """Executor thread, every input message: middleware gaps and the time of the newest input."""
+        self.gaps.update(msg_info)
+        self._last_input = time.monotonic()
+        if self._first_input is None:
+            self._first_input = self._last_input
+
+    def problems(self) -> list[str]:
+        """What turns /diagnostics WARN (empty: OK). Subclasses add their own."""
+        if self._last_input is None:
+            return [f"no input yet on {self.describe_inputs()}"]
+        age = time.monotonic() - self._last_input
+        if age > self.params["stale_timeout"]:
+            return [f"no input for {age:.1f} s on {self.describe_inputs()} (stale_timeout "
+                    f"{self.params['stale_timeout']:g} s): check the camera or the remapping"]
+        return []
+
     def submit(self, frame: Frame) -> None:
         """Hand a complete frame to the worker; a frame still waiting there is dropped."""
         self.slot.put(frame)
@@ -281,6 +308,7 @@ class ClassifierNode(Node):
                 self.stats_snapshot(),
                 self.dropped(),
                 extra,
+                self.problems(),
             )
         )
 

@@ -149,13 +149,15 @@ def diagnostics(
     stats: Mapping[str, float],
     dropped: int,
     extra: Optional[Mapping[str, Any]] = None,
+    problems: Sequence[str] = (),
 ) -> DiagnosticArray:
     """One ``DiagnosticStatus`` for a classifier node.
 
     ``stats`` is :meth:`FrameStats.snapshot` (latency p50/p95 in ms, output rate, counters),
     ``dropped`` counts frames replaced before inference plus those lost in the middleware,
     ``hardware_id`` is the inference device. Level WARN until the first frame is classified, so a
-    wrong topic remapping shows up in rqt_robot_monitor instead of looking healthy.
+    wrong topic remapping shows up in rqt_robot_monitor instead of looking healthy, and WARN with
+    the node's ``problems`` (input stopped, streams that never pair) joined as the message.
     """
     processed = int(stats.get("processed", 0))
     values: dict[str, Any] = {
@@ -170,8 +172,13 @@ def diagnostics(
     }
     if "unpaired" in stats:
         values["unpaired_frames"] = int(stats["unpaired"])
+    for key in ("out_of_order", "pairer_resets"):
+        if key in stats:
+            values[key] = int(stats[key])
     values.update(extra or {})
-    if processed == 0:
+    if problems:
+        level, message = DiagnosticStatus.WARN, "; ".join(problems)
+    elif processed == 0:
         level, message = DiagnosticStatus.WARN, "no frame classified yet"
     else:
         level = DiagnosticStatus.OK

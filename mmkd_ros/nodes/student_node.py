@@ -38,7 +38,7 @@ class StudentNode(ClassifierNode):
     def on_image(self, msg: Any, msg_info: dict) -> None:
         """Executor thread: count, then hand over; decoding and inference happen in the worker."""
         self.stats.count("received")
-        self.gaps.update(msg_info)
+        self.input_seen(msg_info)
         self.submit(Frame(msgs={"rgb": msg}, header=msg.header, received=time.perf_counter()))
 
 

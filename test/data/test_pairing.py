@@ -142,3 +142,52 @@ def test_stream_pairer_rejects_bad_arguments():
         StreamPairer(-1)
     with pytest.raises(ValueError):
         StreamPairer(10, buffer_size=0)
+
+
+def _live(pairer, events):
+    """Push ``(kind, stamp)`` events; return the RGB stamps of the pairs formed."""
+    out = []
+    for kind, stamp in events:
+        push = pairer.push_rgb if kind == "rgb" else pairer.push_nir
+        out += [rgb for rgb, _ in push(stamp, stamp)]
+    return out
+
+
+def _steady(start_ms, count, period_ms=50, nir_offset_ms=3):
+    events = []
+    for k in range(count):
+        t = (start_ms + k * period_ms) * MS
+        events += [("rgb", t), ("nir", t + nir_offset_ms * MS)]
+    return events
+
+
+def test_stream_pairer_resets_on_a_backward_jump_and_pairs_again():
+    pairer = StreamPairer(20 * MS, buffer_size=8)
+    first = _live(pairer, _steady(10_000, 10))
+    assert len(first) == 9  # the last pair waits for a later frame
+    # The bag loops: stamps start again 0.5 s after 10 s, far behind the newest seen.
+    again = _live(pairer, _steady(10_000, 10))
+    assert pairer.stats["resets"] == 1 and "rgb stamp jumped back" in pairer.last_reset
+    assert again == [(10_000 + 50 * k) * MS for k in range(9)]
+    assert pairer.stats["out_of_order"] == 0
+
+
+def test_stream_pairer_recovers_from_one_frame_stamped_far_in_the_future():
+    pairer = StreamPairer(20 * MS, buffer_size=8)
+    _live(pairer, _steady(10_000, 5))
+    _live(pairer, [("nir", (10_250 + 1_000_000) * MS)])  # one NIR frame 1000 s ahead
+    assert pairer.stats["resets"] == 1 and "nir stamp jumped forward" in pairer.last_reset
+    later = _live(pairer, _steady(10_300, 30))
+    # Its successor jumps back (a second reset); from then on every pair but the last is formed.
+    assert pairer.stats["resets"] == 2
+    assert len(later) >= 28
+
+
+def test_stream_pairer_keeps_small_reorderings_as_out_of_order_and_records_the_closest_miss():
+    pairer = StreamPairer(10 * MS, buffer_size=8)
+    _live(pairer, [("rgb", 100 * MS), ("rgb", 95 * MS)])
+    assert pairer.stats["out_of_order"] == 1 and pairer.stats["resets"] == 0
+    # NIR half a period off: nothing pairs, the miss distance is kept for the node's message.
+    events = [e for t in range(200, 800, 50) for e in (("rgb", t * MS), ("nir", (t + 25) * MS))]
+    assert _live(pairer, events) == []
+    assert pairer.stats["closest_unpaired_dt_ns"] == 25 * MS
