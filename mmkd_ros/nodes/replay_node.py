@@ -76,6 +76,17 @@ def to_rclpy(msg: Any, msgtype: str) -> Any:
         raise ValueError(f"cannot replay {msgtype}; supported: {', '.join(CONVERTERS)}") from None
 
 
+def _valid_topic(name: str) -> bool:
+    """Whether ROS 2 accepts ``name`` as a topic (ROS 1 and vendor bags hold names with spaces)."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+
+    try:
+        return bool(validate_full_topic_name(name))
+    except InvalidTopicNameException:
+        return False
+
+
 def ns_to_time(stamp_ns: int) -> Time:
     return Time(sec=stamp_ns // NS, nanosec=stamp_ns % NS)
 
@@ -172,10 +183,22 @@ class ReplayNode(Node):
                 raise ParameterError(
                     f"parameter 'topics': {topic} is {in_bag[topic]}; supported: {', '.join(CONVERTERS)}"
                 )
+        invalid = sorted({c.topic for c in self.reader.connections if not _valid_topic(c.topic)})
+        for topic in wanted:
+            if topic in invalid:
+                raise ParameterError(
+                    f"parameter 'topics': {topic!r} is not a valid ROS 2 topic name (recorded by a ROS 1 "
+                    "or vendor tool); convert the bag with new names, or leave it out of 'topics'"
+                )
+        if invalid and not wanted:
+            self.get_logger().warning(
+                f"not replaying {len(invalid)} topics whose names ROS 2 refuses (e.g. {invalid[0]!r}); "
+                "name the topics to play in the 'topics' parameter"
+            )
         selected = [
             c
             for c in self.reader.connections
-            if c.msgtype in CONVERTERS and (not wanted or c.topic in wanted)
+            if c.msgtype in CONVERTERS and (c.topic in wanted if wanted else c.topic not in invalid)
         ]
         skipped = sorted({c.topic for c in self.reader.connections if c.msgtype not in CONVERTERS})
         if skipped:
@@ -197,6 +220,8 @@ class ReplayNode(Node):
             self.get_logger().info(f"replay finished: {self.published} messages published")
             time.sleep(0.3)  # let reliable writers deliver the last messages before the process ends
         except Exception as exc:  # a corrupt message ends playback with one line, not a dead thread
+            if self._stop.is_set() or not self.context.ok():
+                return  # Ctrl-C mid-playback: the context went down under a publish; a normal end
             self.get_logger().error(f"replay stopped: {' '.join(str(exc).split())}")
         finally:
             if not self._stop.is_set():

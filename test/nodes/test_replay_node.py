@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,41 @@ def test_bad_parameters_exit_with_one_line(bag, colcon_install, node_logs, args,
     assert status == 2, output
     assert message in output
     assert "Traceback" not in output
+
+
+def test_replays_a_realsense_bag_skipping_topic_names_ros2_refuses(shared_data, client, colcon_install,
+                                                                   node_logs) -> None:
+    """A ROS 1 RealSense bag: ~60 String topics with spaces in their names, one colour frame."""
+    bag = shared_data / "foreign_bags" / "realsense_depth_color_640x480.bag"
+    if not bag.exists():
+        pytest.skip(f"{bag} is absent")
+    color = "/device_0/sensor_1/Color_0/image/data"
+    client.subscribe(Image, color)
+    node = NodeProcess(colcon_install, "replay_node", ["-p", f"bag:={bag}", "-p", "wait_for_subscribers:=1"],
+                       node_logs)
+    try:
+        status = node.wait(timeout=60)
+    finally:
+        node.stop()
+    output = node.output()
+    assert status == 0, output
+    assert "Traceback" not in output and "ERROR" not in output, output
+    assert "whose names ROS 2 refuses" in output and "replay finished" in output
+    assert wait_until(lambda: client.messages(color), timeout=5)
+    frame_msg = client.messages(color)[0]
+    assert (frame_msg.width, frame_msg.height, frame_msg.encoding) == (640, 480, "rgb8")
+
+
+def test_ctrl_c_mid_playback_ends_cleanly(bag, colcon_install, node_logs) -> None:
+    node = NodeProcess(colcon_install, "replay_node", ["-p", f"bag:={bag}", "-p", "loop:=true",
+                                                       "-p", "wait_for_subscribers:=0"], node_logs)
+    try:
+        time.sleep(3.0)  # a few passes of the looping bag
+        assert node.alive(), node.output()
+        node.interrupt()
+        status = node.wait(timeout=20)
+    finally:
+        node.stop()
+    output = node.output()
+    assert status == 0, output
+    assert "ERROR" not in output and "Traceback" not in output, output
