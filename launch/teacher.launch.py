@@ -1,22 +1,52 @@
 """Start teacher_node on time-paired RGB + NIR topics, optionally with rviz.
 
 ros2 launch mmkd_ros teacher.launch.py model:=/path/teacher.pt [device:=auto]
-    [rgb_topic:=/camera/color/image_raw] [nir_topic:=/camera/nir/image_raw]
+    [rgb:=camera/color/image_raw] [nir:=camera/nir/image_raw] [namespace:=robot1]
     [use_sim_time:=false] [rviz:=false]
+
+``rgb``/``nir`` (or their older names ``rgb_topic``/``nir_topic``) are relative by default, so
+``namespace:=`` moves the inputs with the node (``teacher`` under ``ros2 launch`` and ``ros2 run``
+alike); ``ros2 launch`` exits non-zero when the node refuses to start.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, RegisterEventHandler, SetEnvironmentVariable
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
+def refused_to_start(event, context):
+    """Make ``ros2 launch`` exit non-zero when a node refused to start (status 2, one log line)."""
+    if event.returncode == 2:
+        raise RuntimeError(f"{event.action.name} refused to start: see its 'cannot start' line above")
+
+
 def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare("mmkd_ros")
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    teacher = Node(
+        package="mmkd_ros",
+        executable="teacher_node",
+        name="teacher",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        parameters=[
+            PathJoinSubstitution([share, "config", "teacher.yaml"]),
+            {
+                "model_path": ParameterValue(LaunchConfiguration("model"), value_type=str),
+                "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+                "use_sim_time": use_sim_time,
+            },
+        ],
+        remappings=[
+            ("rgb/image", LaunchConfiguration("rgb")),
+            ("nir/image", LaunchConfiguration("nir")),
+        ],
+    )
     return LaunchDescription(
         [
             # Camera-sized frames over Fast DDS: see config/fastdds_large_data.xml (a profile the user
@@ -31,10 +61,17 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("model", description="Teacher checkpoint (.pt)"),
             DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
             DeclareLaunchArgument(
-                "rgb_topic", default_value="/camera/color/image_raw", description="RGB input topic"
+                "rgb_topic", default_value="camera/color/image_raw", description="RGB input topic (older name of rgb)"
             ),
             DeclareLaunchArgument(
-                "nir_topic", default_value="/camera/nir/image_raw", description="NIR input topic"
+                "nir_topic", default_value="camera/nir/image_raw", description="NIR input topic (older name of nir)"
+            ),
+            DeclareLaunchArgument("rgb", default_value=LaunchConfiguration("rgb_topic"), description="RGB input topic"),
+            DeclareLaunchArgument("nir", default_value=LaunchConfiguration("nir_topic"), description="NIR input topic"),
+            DeclareLaunchArgument(
+                "namespace",
+                default_value="",
+                description="Namespace of the nodes; relative topics (the defaults) resolve inside it",
             ),
             DeclareLaunchArgument(
                 "use_sim_time",
@@ -48,24 +85,8 @@ def generate_launch_description() -> LaunchDescription:
                 choices=["true", "false"],
                 description="Also start rviz2 showing the annotated image",
             ),
-            Node(
-                package="mmkd_ros",
-                executable="teacher_node",
-                name="teacher",
-                output="screen",
-                parameters=[
-                    PathJoinSubstitution([share, "config", "teacher.yaml"]),
-                    {
-                        "model_path": ParameterValue(LaunchConfiguration("model"), value_type=str),
-                        "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
-                        "use_sim_time": use_sim_time,
-                    },
-                ],
-                remappings=[
-                    ("rgb/image", LaunchConfiguration("rgb_topic")),
-                    ("nir/image", LaunchConfiguration("nir_topic")),
-                ],
-            ),
+            teacher,
+            RegisterEventHandler(OnProcessExit(target_action=teacher, on_exit=refused_to_start)),
             Node(
                 package="rviz2",
                 executable="rviz2",

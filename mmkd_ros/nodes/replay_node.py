@@ -137,7 +137,7 @@ class ReplayNode(Node):
     """Reads the bag in a playback thread; the main thread spins until playback ends."""
 
     def __init__(self) -> None:
-        super().__init__("replay_node")
+        super().__init__("replay")
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self.published = 0

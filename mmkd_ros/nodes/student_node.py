@@ -22,7 +22,7 @@ class StudentNode(ClassifierNode):
     REQUIRED_MODALITIES = ("rgb",)
 
     def __init__(self) -> None:
-        super().__init__("student_node")
+        super().__init__("student")
 
     def subscribe(self) -> None:
         self.sub = self.create_subscription(

@@ -63,7 +63,7 @@ class TeacherNode(ClassifierNode):
     )
 
     def __init__(self) -> None:
-        super().__init__("teacher_node")
+        super().__init__("teacher")
         self.pairer: StreamPairer | None = None
         self._resets_logged = 0
         self._last_pair: float | None = None  # time.monotonic() of the newest pair
@@ -139,7 +139,8 @@ class TeacherNode(ClassifierNode):
             miss_ns = self.pairer.stats["closest_unpaired_dt_ns"]
             miss = f"closest RGB/NIR stamps {miss_ns / 1e6:.1f} ms apart" if miss_ns >= 0 else "no candidate"
             message = (
-                f"RGB and NIR frames arrive but none paired for {timeout:g} s ({miss}, pair_max_dt_ms "
+                f"frames arrive on {self.sub_rgb.topic_name} and {self.sub_nir.topic_name} but none "
+                f"paired for {timeout:g} s ({miss}, pair_max_dt_ms "
                 f"{self.params['pair_max_dt_ms']:g}): check that both cameras stamp with one clock, "
                 "or raise pair_max_dt_ms"
             )

@@ -156,3 +156,73 @@ def test_parameter_files_hold_declared_parameters(file_name: str) -> None:
         assert type(value) is type(default), f"{file_name}: {name} should be {type(default).__name__}"
         if specs[name].choices:
             assert value in specs[name].choices
+
+
+ROBOT_LAUNCH = [p for p in LAUNCH_FILES if p.name in ("student.launch.py", "teacher.launch.py")]
+
+
+def _declared_defaults(launch_file: LaunchFile) -> dict[str, ast.AST]:
+    calls = [n for n in ast.walk(launch_file.tree) if _call_name(n) == "DeclareLaunchArgument"]
+    return {_const(c.args[0]): _kw(c, "default_value") for c in calls}
+
+
+def test_node_names_are_those_of_ros2_run(launch_file: LaunchFile) -> None:
+    """``ros2 launch`` and ``ros2 run`` give the same node name, so topics and params match."""
+    import rclpy
+
+    classes = {"student_node": student_node.StudentNode, "teacher_node": teacher_node.TeacherNode,
+               "replay_node": replay_node.ReplayNode}
+    rclpy.init()
+    try:
+        for call in launch_file.nodes:
+            executable = _const(_kw(call, "executable"))
+            if executable in classes:
+                node = classes[executable]()
+                try:
+                    assert _const(_kw(call, "name")) == node.get_name(), executable
+                finally:
+                    node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
+@pytest.mark.parametrize("path", ROBOT_LAUNCH, ids=[p.name for p in ROBOT_LAUNCH])
+def test_inputs_are_relative_and_follow_the_namespace_argument(path: Path) -> None:
+    launch_file = LaunchFile(path)
+    defaults = _declared_defaults(launch_file)
+    assert "namespace" in defaults and _const(defaults["namespace"]) == ""
+    node = next(c for c in launch_file.nodes if _const(_kw(c, "package")) == PACKAGE)
+    namespace = _kw(node, "namespace")
+    assert _call_name(namespace) == "LaunchConfiguration" and _const(namespace.args[0]) == "namespace"
+    aliases = {"student.launch.py": {"image": "image_topic"},
+               "teacher.launch.py": {"rgb": "rgb_topic", "nir": "nir_topic"}}[path.name]
+    remapped = {_const(p.elts[1].args[0]) for p in _kw(node, "remappings").elts}
+    assert remapped == set(aliases)  # the short names drive the remapping ...
+    for short, old in aliases.items():  # ... and default to the older names, relative topics
+        assert _call_name(defaults[short]) == "LaunchConfiguration" and _const(defaults[short].args[0]) == old
+        assert not _const(defaults[old]).startswith("/"), f"{old} default is absolute"
+
+
+@pytest.mark.parametrize("path", ROBOT_LAUNCH, ids=[p.name for p in ROBOT_LAUNCH])
+def test_a_node_that_refuses_to_start_fails_the_launch(path: Path) -> None:
+    """An exception in an event handler makes ``ros2 launch`` end with status 1, not 0."""
+    launch_file = LaunchFile(path)
+    handlers = [c for c in ast.walk(launch_file.tree) if _call_name(c) == "OnProcessExit"]
+    assert len(handlers) == 1
+    target, on_exit = _kw(handlers[0], "target_action"), _kw(handlers[0], "on_exit")
+    node_vars = {t.id for a in ast.walk(launch_file.tree) if isinstance(a, ast.Assign)
+                 and _call_name(a.value) == "Node" for t in a.targets}
+    assert target.id in node_vars
+    function = next(f for f in launch_file.tree.body if isinstance(f, ast.FunctionDef) and f.name == on_exit.id)
+    namespace: dict[str, Any] = {}
+    exec(compile(ast.Module(body=[function], type_ignores=[]), str(path), "exec"), namespace)
+
+    class Event:  # what launch hands an OnProcessExit callback: the action and its return code
+        def __init__(self, returncode: int) -> None:
+            self.returncode = returncode
+            self.action = type("Action", (), {"name": "student-1"})()
+
+    with pytest.raises(RuntimeError, match="refused to start"):
+        namespace[on_exit.id](Event(2), None)
+    for normal in (0, -2, 1):  # clean exit, Ctrl-C, crash already reported by launch
+        assert namespace[on_exit.id](Event(normal), None) is None

@@ -6,6 +6,7 @@ how many pairs must be classified by each moment: a stalled pairer classifies no
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -60,6 +61,17 @@ def node(colcon_install, teacher_ckpt, client, node_logs):
     assert process.stop() == 0, process.output()
 
 
+def settle() -> None:
+    """Let every frame published so far reach the node before a time jump.
+
+    The two topics are delivered independently: if the last NIR frame before a jump arrived after
+    the first RGB frame behind it, the node would reset twice and lose a pair the local pairer
+    (which sees the publication order) makes. A camera or bag at a loop point can do the same; the
+    test wants one defined order.
+    """
+    time.sleep(0.3)
+
+
 class Feed:
     """Publishes to the node and to a local pairer; waits until the node caught up."""
 
@@ -76,15 +88,26 @@ class Feed:
         else:
             self.nir_pub.publish(image_msg(nir_frame(stamp % 5), "mono16", stamp))
             self.final += len(self.local.push_nir(stamp, None))
-        assert wait_until(lambda: len(self.client.messages(OUT)) >= self.final, 10.0), (
-            self.final, len(self.client.messages(OUT)), self.process.output()
+        # Across a reset the node may pair one frame fewer than the local pairer: which stream's
+        # message triggers the reset depends on the order the two topics arrive in.
+        slack = self.local.stats["resets"]
+        assert wait_until(lambda: len(self.client.messages(OUT)) >= self.final - slack, 10.0), (
+            f"{self.final} pairs expected, {len(self.client.messages(OUT))} classified; local pairer "
+            f"{self.local.stats}; node {diagnostic_values(self.client)}\n{self.process.output()}"
         )
 
     def steady(self, start_ns: int, count: int) -> None:
+        settle()
         for k in range(count):
             t = start_ns + 50 * MS * k
             self.publish("rgb", t)
             self.publish("nir", t + 3 * MS)
+
+
+def diagnostic_values(client) -> dict:
+    """Key-values of the teacher's newest /diagnostics status (for failure messages)."""
+    status = latest_status(client, 0.0)
+    return {kv.key: kv.value for kv in status.values} if status is not None else {}
 
 
 def latest_status(client, since: float):
@@ -116,15 +139,19 @@ def test_recovers_after_a_backward_jump_and_a_future_stamp(node, client) -> None
     t0 = 10_000 * MS
     feed.steady(t0, 8)
     before = len(client.messages(OUT))
-    assert before >= 7
+    assert before >= 6
     # The bag loops: the same stamps again, far behind the newest seen.
     feed.steady(t0, 8)
-    assert len(client.messages(OUT)) - before >= 7
+    assert len(client.messages(OUT)) - before >= 6
     # One NIR frame stamped 1000 s ahead, then the cameras go on as before.
+    settle()
     feed.publish("nir", t0 + 1_000_000_000 * MS)
     after_future = len(client.messages(OUT))
-    feed.steady(t0 + 500 * MS, 8)
-    assert len(client.messages(OUT)) - after_future >= 6
+    feed.steady(t0 + 500 * MS, 12)
+    assert len(client.messages(OUT)) - after_future >= 6, node[0].output()
+    # Recovered for good: the pairs near the end of the run are classified.
+    late = {json.loads(m.data)["header"]["stamp"]["nanosec"] for m in client.messages(OUT)[after_future:]}
+    assert {(500 + 50 * k) * MS % 10**9 for k in (8, 9)} & late, late
     assert feed.local.stats["resets"] >= 3  # loop, future frame, and the step back after it
     assert node[0].wait_for_output("pairing restarted", 10.0), node[0].output()
     # The counters reach /diagnostics.
@@ -163,4 +190,5 @@ def test_diagnostics_warn_and_log_when_nothing_pairs(node, client) -> None:
     assert feed.local.stats["pairs"] == 0
     assert status.level == DiagnosticStatus.WARN and "none paired" in status.message, status.message
     assert "25.0 ms apart" in status.message and "pair_max_dt_ms" in status.message
+    assert RGB_TOPIC in status.message and NIR_TOPIC in status.message
     assert node[0].wait_for_output("none paired", 5.0), node[0].output()
