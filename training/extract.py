@@ -7,14 +7,26 @@ Examples:
   training/extract.py --bag bags/* --splits splits.json --out data/pairs   # split by bag
   training/extract.py --folder pairs/ --out data/pairs
   training/extract.py --geotiff tiles/ --rgb-bands B04,B03,B02 --nir-bands B08 --out data/pairs
+
+Clocks: RGB and NIR frames are paired by their header stamps (capture time). Label times are on
+the bag's receive clock: a label topic (std_msgs/String, no header) by its receive time, CSV
+times in seconds from the bag's first receive time. --label-clock chooses which time of a frame
+is looked up in the labels: 'header' (default; right when the camera stamps with the recording
+machine's clock) or 'receive' (when header stamps run on another clock, e.g. a RealSense
+playback whose stamps start near 360 s while receive time starts at 0).
+
+Supported bags: rosbag2 folders (metadata.yaml + sqlite3 .db3 or mcap, including Foxy/Galactic/
+Humble bags without stored message definitions) and ROS 1 .bag files. Image encodings: rgb8,
+bgr8, rgba8, bgra8, mono8, mono16, 8UC1, 16UC1, CompressedImage jpeg/png. A frame that does not
+decode is dropped and listed in dataset.json's "dropped".
 """
 import argparse
 import sys
 from pathlib import Path
 
-from mmkd_ros.data.extract import GROUP_BY, BagOptions, extract_bags, extract_folder, \
-    extract_geotiffs
-from mmkd_ros.core.errors import run_cli
+from mmkd_ros.data.extract import GROUP_BY, LABEL_CLOCKS, BagOptions, extract_bags, \
+    extract_folder, extract_geotiffs
+from mmkd_ros.core.errors import quiet_native_logs, run_cli
 
 DEFAULTS = BagOptions()
 
@@ -36,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     labels.add_argument("--labels-csv", help="CSV start_s,end_s,label[,bag] (seconds from the "
                                              "bag start) or start_ns,end_ns,label[,bag]")
     labels.add_argument("--label", help="one label for every frame")
+    parser.add_argument("--label-clock", choices=LABEL_CLOCKS, default=DEFAULTS.label_clock,
+                        help="time of a frame looked up in the labels (which are on the receive "
+                             "clock): its 'header' stamp or its 'receive' time (default "
+                             "%(default)s; see Clocks above)")
     parser.add_argument("--allow-unlabelled", action="store_true",
                         help="keep pairs without a label (for label-free distillation)")
     parser.add_argument("--max-dt", type=float, default=DEFAULTS.max_dt_s,
@@ -53,14 +69,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nir-bands", default="B08", help="GeoTIFF NIR band(s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
-    if not args.bag and (args.splits is not None or args.group_by != DEFAULTS.group_by):
-        parser.error("--splits and --group-by apply to --bag only")
+    quiet_native_logs()  # a frame that does not decode is reported once, not by OpenCV too
+    if not args.bag and (args.splits is not None or args.group_by != DEFAULTS.group_by
+                         or args.label_clock != DEFAULTS.label_clock):
+        parser.error("--splits, --group-by and --label-clock apply to --bag only")
     if args.bag:
         options = BagOptions(rgb_topic=args.rgb_topic, nir_topic=args.nir_topic,
                              label_topic=args.label_topic, labels_csv=args.labels_csv,
                              label=args.label, max_dt_s=args.max_dt, every=args.every,
                              allow_unlabelled=args.allow_unlabelled, group_by=args.group_by,
-                             splits=None if args.splits is None else str(args.splits))
+                             splits=None if args.splits is None else str(args.splits),
+                             label_clock=args.label_clock)
         extract_bags(args.bag, args.out, options, force=args.force)
     elif args.folder:
         extract_folder(args.folder, args.out, force=args.force)

@@ -3,7 +3,8 @@
 Every file mmkd_ros writes for others to read goes through :func:`atomic_path` (or its shortcut
 :func:`write_atomic`): a temporary file in the target's folder, then ``os.replace`` onto the target,
 which POSIX makes atomic within one file system. A failure (an exception, Ctrl-C) removes the
-temporary file and leaves any earlier version of the target untouched.
+temporary file and leaves any earlier version of the target untouched. :func:`check_writable` is
+the early check of an output path that every command makes before its slow work.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from mmkd_ros.core.errors import OutputError
 
 
 @contextmanager
@@ -40,4 +43,32 @@ def write_atomic(path: str | Path, content: str | bytes) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def check_writable(path: str | Path, what: str = "--out", folder: bool = True) -> Path:
+    """Refuse early, in one line, an output path that cannot be written; returns ``path``.
+
+    Commands call it before any slow work, so a read-only ``--out`` is not found after an hour of
+    training. It creates nothing that stays: the probe is a temporary file in the nearest
+    existing folder of the output folder (``path``, or its parent for a file output,
+    ``folder=False``), removed at once. A folder path that exists as a file, or lies below a
+    file, is refused too, as is a file path that is a folder.
+    """
+    path = Path(path)
+    if not folder and os.path.isdir(path):
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    base = path if folder else path.parent
+    while not os.path.exists(base) and base != base.parent:
+        base = base.parent
+    if not os.path.isdir(base):
+        raise OutputError(f"{what} {path}: {base} is a file, not a folder; choose another {what}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mmkd-write-check.", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputError(f"{what} {path} is not writable ({reason} in {base}); choose a writable {what} "
+                          "or change the folder's permissions") from None
     return path

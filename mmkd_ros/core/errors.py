@@ -45,3 +45,24 @@ def run_cli(main, argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0 if result is None else int(result)
+
+
+class OutputError(MmkdError):
+    """An output path (``--out``, ``--json``) cannot be written: read-only, or a file where a folder is needed."""
+
+
+def quiet_native_logs() -> None:
+    """Silence OpenCV's own log lines (``[ WARN:0@...] ... can't open/read file``).
+
+    A command-line tool reports an unreadable image as its one ``error: ...`` line; OpenCV's
+    warning printed before it would only repeat it. Call it before a dataset is opened.
+    """
+    try:
+        import cv2
+    except ImportError:  # OpenCV is only needed where images are read
+        return
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    elif hasattr(cv2, "setLogLevel"):  # OpenCV 4 builds without cv2.utils.logging
+        cv2.setLogLevel(0)  # 0: silent

@@ -1,22 +1,38 @@
 """Reading recordings: rosbag2 (sqlite3, mcap) and ROS 1 bags through ``rosbags.highlevel``.
 
+Bags that store no message definitions (rosbag2 sqlite3 recorded by ROS 2 Foxy, Galactic or
+Humble) are read with the ROS 2 Humble type store.
+
 Frames are timed by their ``header.stamp`` (the capture time the driver set), not by the bag's
 receive time: two cameras' messages reach the recorder with different latencies, so only the
 header stamps say which RGB and NIR frames saw the same moment. A message without a header, or
 with a zero stamp (some drivers), falls back to its receive time.
 
 Labels come from one of three sources, all turned into a :class:`LabelTimeline`:
-- a label topic (``std_msgs/String``): a frame takes the latest label at or before its stamp;
+- a label topic (``std_msgs/String``): a frame takes the latest label at or before its time;
 - a CSV of time intervals ``start_s,end_s,label`` (or ``start_ns,end_ns,label``), times relative
   to the bag's start, as a person annotating with a player sees them; an optional ``bag`` column
-  restricts a row to the bag of that name;
+  restricts a row to the bag of that name. UTF-8 (with or without the BOM spreadsheets write),
+  UTF-16 with BOM, or Windows-1252/Latin-1 as a fallback; separated by ``,``, ``;`` (then a
+  decimal comma is accepted) or tabs, as the header line shows;
 - one label for the whole bag.
 
-Every failure (missing, unreadable or corrupt bag, absent topic) is a one-line :class:`BagError`.
+Clocks: label times are on the bag's *receive* clock (the recorder's log time): a label topic's
+``std_msgs/String`` has no header, so its receive time is used, and CSV seconds count from the
+bag's first receive time (:attr:`BagReader.start_ns`). Frames are paired by their *header*
+stamps; which frame time is looked up in the labels (header stamp or receive time) is the
+extractor's ``label_clock`` option. Header stamps on another clock than the recorder's (a
+RealSense playback stamps from about 360 s while receive time starts at 0) need
+``label_clock="receive"``.
+
+Every failure (missing, unreadable, corrupt or unsupported bag, absent topic) is a one-line
+:class:`BagError`; a frame whose pixels do not decode is reported, not raised, by
+:meth:`BagReader.images`.
 """
 from __future__ import annotations
 
 import csv
+import io
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,8 +41,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from mmkd_ros.data.ros_images import msg_to_array, stamp_to_ns
-from mmkd_ros.core.errors import BagError, DatasetError
+from mmkd_ros.data.ros_images import check_supported, msg_to_array, stamp_to_ns
+from mmkd_ros.core.errors import BagError, DatasetError, ImageDecodeError
 
 IMAGE_TYPES = frozenset({"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"})
 
@@ -54,7 +70,35 @@ def resolve_bag_path(path: str | Path) -> Path:
     if path.is_dir() and not (path / "metadata.yaml").is_file():
         raise BagError(f"bag {path} is a folder without metadata.yaml: give a rosbag2 folder "
                        "(metadata.yaml + .mcap/.db3) or a ROS 1 .bag file")
+    if path.is_file() and path.suffix != ".bag":
+        what = {".mcap": _mcap_what(path), ".db3": "a sqlite3 file"}.get(path.suffix.lower())
+        if what:
+            raise BagError(f"bag {path} is {what} without the metadata.yaml of a rosbag2 folder, "
+                           f"which is unsupported: {SUPPORTED}; put it in a folder and run "
+                           "`ros2 bag reindex <folder>` to write metadata.yaml")
     return path
+
+
+SUPPORTED = ("supported are rosbag2 folders (metadata.yaml + sqlite3 .db3 or mcap files with the "
+             "ros2 profile) and ROS 1 .bag files")
+
+
+def _mcap_profile(path: Path) -> str | None:
+    """The profile string of an MCAP file's header record, ``None`` when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return None
+    if not head.startswith(b"\x89MCAP") or len(head) < 21 or head[8] != 0x01:
+        return None
+    size = int.from_bytes(head[17:21], "little")
+    return head[21:21 + size].decode("utf-8", "replace") if 21 + size <= len(head) else None
+
+
+def _mcap_what(path: Path) -> str:
+    profile = _mcap_profile(path)
+    return "an MCAP file" if profile is None else f"an MCAP file (profile {profile!r})"
 
 
 def bag_name(path: str | Path) -> str:
@@ -87,8 +131,29 @@ def _bag_errors(path: Path, doing: str) -> Iterator[None]:
         raise
     except (AnyReaderError, Reader1Error, Reader2Error) + _READ_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        unsupported = _unsupported(path, reason)
+        if unsupported:
+            raise BagError(f"bag {path} {unsupported}") from None
         raise BagError(f"cannot read bag {path} while {doing} ({reason}): the bag is corrupt "
                        "or incomplete; re-record or re-copy it") from None
+
+
+def _unsupported(path: Path, reason: str) -> str | None:
+    """The message for a valid bag in a form rosbags cannot read; ``None`` for damage."""
+    if reason.startswith("Profile is not ros2"):
+        files = sorted(path.glob("*.mcap")) if path.is_dir() else [path]
+        profiles = sorted({p for p in map(_mcap_profile, files) if p is not None})
+        found = f" {', '.join(map(repr, profiles))}" if profiles else ""
+        return (f"holds MCAP data with profile{found}, not 'ros2', which is unsupported: "
+                f"{SUPPORTED}; record with `ros2 bag record -s mcap` or convert it")
+    if reason.startswith("Storage plugin"):
+        storage = reason.split("'")[1] if reason.count("'") >= 2 else "?"
+        return (f"has storage_identifier {storage!r} in its metadata.yaml, which is unsupported: "
+                "supported are sqlite3 and mcap; set storage_identifier to the files' storage "
+                "(.db3: sqlite3, .mcap: mcap)")
+    if "not supported" in reason:
+        return f"uses a format that is unsupported ({reason}): {SUPPORTED}, uncompressed or zstd"
+    return None
 
 
 class BagReader:
@@ -100,11 +165,15 @@ class BagReader:
 
     def __init__(self, path: str | Path) -> None:
         from rosbags.highlevel import AnyReader
+        from rosbags.typesys import Stores, get_typestore
 
         self.path = resolve_bag_path(path)
         self.name = bag_name(self.path)
         with _bag_errors(self.path, "opening it"):
-            self._reader = AnyReader([self.path])
+            # Used only when the bag stores no message definitions (rosbag2 sqlite3 from
+            # Foxy/Galactic/Humble): their types are Humble's (or identical in layout).
+            self._reader = AnyReader([self.path],
+                                     default_typestore=get_typestore(Stores.ROS2_HUMBLE))
 
     def __enter__(self) -> "BagReader":
         with _bag_errors(self.path, "opening it"):
@@ -154,26 +223,51 @@ class BagReader:
 
     def stamps(self, topics: Iterable[str]) -> dict[str, np.ndarray]:
         """Header stamps (ns, int64) of every message of each topic, in receive order."""
+        return self.times(topics)[0]
+
+    def times(self, topics: Iterable[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``(header stamps, receive times)`` (ns, int64) of each topic's messages, in receive
+        order (see :func:`_frame_stamp` for messages without a usable header)."""
         topics = list(topics)
         found: dict[str, list[int]] = {topic: [] for topic in topics}
+        received: dict[str, list[int]] = {topic: [] for topic in topics}
         with _bag_errors(self.path, "reading stamps"):
             for topic, log_ns, msg in self._messages(topics):
                 found[topic].append(_frame_stamp(msg, log_ns))
-        return {topic: np.asarray(values, np.int64) for topic, values in found.items()}
+                received[topic].append(log_ns)
+        for topic in topics:
+            self._check_read(topic, len(found[topic]))
+        return ({topic: np.asarray(values, np.int64) for topic, values in found.items()},
+                {topic: np.asarray(values, np.int64) for topic, values in received.items()})
 
-    def images(self, wanted: dict[str, set[int]]) -> Iterator[tuple[str, int, int, np.ndarray]]:
+    def images(self, wanted: dict[str, set[int]]
+               ) -> Iterator[tuple[str, int, int, np.ndarray | ImageDecodeError]]:
         """Decode the frames ``wanted[topic]`` (indices into the topic's messages).
 
         Yields ``(topic, index, stamp_ns, array HxWxC)`` in receive order; other messages are
-        skipped without decoding.
+        skipped without decoding. A frame whose data does not decode (truncated, corrupt)
+        yields its :class:`ImageDecodeError` in place of the array, so one bad frame of many
+        can be dropped; an encoding or format we never decode raises a :class:`BagError` that
+        names the bag, topic and stamp.
         """
         counters = {topic: 0 for topic in wanted}
         with _bag_errors(self.path, "reading images"):
             for topic, log_ns, msg in self._messages(wanted):
                 index = counters[topic]
                 counters[topic] += 1
-                if index in wanted[topic]:
-                    yield topic, index, _frame_stamp(msg, log_ns), msg_to_array(msg)
+                if index not in wanted[topic]:
+                    continue
+                stamp = _frame_stamp(msg, log_ns)
+                try:
+                    check_supported(msg)
+                except ImageDecodeError as exc:
+                    raise BagError(f"bag {self.path} topic {topic} frame {index} (stamp "
+                                   f"{stamp / 1e9:.3f} s): {exc}") from None
+                try:
+                    image: np.ndarray | ImageDecodeError = msg_to_array(msg)
+                except ImageDecodeError as exc:
+                    image = exc
+                yield topic, index, stamp, image
 
     def label_timeline(self, topic: str) -> "LabelTimeline":
         """Labels published on ``topic`` (a message with a string ``data`` field)."""
@@ -190,7 +284,17 @@ class BagReader:
                                    "message: publish labels as std_msgs/String")
                 times.append(_frame_stamp(msg, log_ns))
                 labels.append(msg.data.strip())
+        self._check_read(topic, len(times))
         return LabelTimeline.from_changes(times, labels)
+
+    def _check_read(self, topic: str, read: int) -> None:
+        """rosbags silently yields nothing for a topic whose metadata.yaml entry (type, QoS)
+        differs from the storage file's; say so instead of extracting an empty topic."""
+        info = self.topics.get(topic)
+        if info is not None and info.count > 0 and read == 0:
+            raise BagError(f"bag {self.path}: topic {topic} lists {info.count} messages but none "
+                           "could be read (metadata.yaml and the storage file disagree on its "
+                           "type or QoS): re-index the bag with `ros2 bag reindex`")
 
 
 def _frame_stamp(msg: Any, log_ns: int) -> int:
@@ -247,8 +351,42 @@ def read_labels_csv(path: str | Path, bag: str, bag_start_ns: int) -> LabelTimel
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"labels CSV {path} does not exist: check --labels-csv")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    try:
+        return _parse_labels_csv(path, _read_text(path), bag, bag_start_ns)
+    except csv.Error as exc:
+        raise DatasetError(f"labels CSV {path} is not a readable CSV ({exc}): save it as "
+                           "CSV UTF-8 with a header start_s,end_s,label") from None
+
+
+def _read_text(path: Path) -> str:
+    """A spreadsheet's CSV as text: UTF-8 (BOM or not), UTF-16 with BOM, else Windows-1252."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise DatasetError(f"labels CSV {path} starts with a UTF-16 mark but does not decode "
+                               "as UTF-16: save it as CSV UTF-8") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    if b"\0" in data:
+        raise DatasetError(f"labels CSV {path} is neither UTF-8 nor text in a one-byte encoding "
+                           "(it holds NUL bytes): save it as CSV UTF-8")
+    try:
+        return data.decode("cp1252")  # Excel's "CSV" on Windows; a superset of Latin-1's letters
+    except UnicodeDecodeError:
+        return data.decode("latin-1")  # the five bytes cp1252 leaves undefined
+
+
+def _parse_labels_csv(path: Path, text: str, bag: str, bag_start_ns: int) -> LabelTimeline:
+    header = text.split("\n", 1)[0]
+    # Spreadsheets in many locales save "CSV" with ';' (and decimal commas), "Unicode text" with
+    # tabs: take the separator the header uses.
+    delimiter = next((d for d in ("\t", ";") if d in header and "," not in header), ",")
+    with io.StringIO(text, newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
         fields = [f.strip() for f in reader.fieldnames or []]
         if {"start_s", "end_s", "label"} <= set(fields):
             unit, start_key, end_key = 1e9, "start_s", "end_s"
@@ -262,6 +400,9 @@ def read_labels_csv(path: str | Path, bag: str, bag_start_ns: int) -> LabelTimel
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
             if row.get("bag") and row["bag"] != bag:
                 continue
+            if delimiter != ",":
+                row[start_key], row[end_key] = (row[start_key].replace(",", "."),
+                                                row[end_key].replace(",", "."))
             try:
                 start, end = float(row[start_key]), float(row[end_key])
             except ValueError:

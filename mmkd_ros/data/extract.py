@@ -12,8 +12,13 @@ Guarantees:
   failure (bad input, Ctrl-C) leaves no partial dataset;
 - cached: ``dataset.json`` records a key hashed from the input *bytes* (size + mtime can lie after
   a copy or an edit) and the options; a second run with the same key reuses the dataset;
-- accountable: every frame that did not become a pair is listed in ``dataset.json["dropped"]``
-  with its reason;
+- accountable: every frame that did not become a pair (unpaired, subsampled, straddling a label
+  change, or undecodable, with its partner) is listed in ``dataset.json["dropped"]`` with its
+  bag, topic, stamp and reason; only a bag none of whose selected pairs decodes is an error;
+- sane pairs: the two images of a pair must be able to show one scene (aspect ratios within
+  25 %, sides >= 8 px), else the extraction stops naming both topics and sizes;
+- clocks: frames pair by header stamp; labels (receive clock) are looked up by each frame's
+  header stamp or receive time (``BagOptions.label_clock``), see :mod:`mmkd_ros.data.bag`;
 - leakage-free groups: a bag frame's group is ``<bag name>:<segment>``, a segment being a run of
   consecutive pairs with one label (one scene), so splitting by group never puts neighbouring,
   near-identical frames of one scene on both sides of a split. When a whole bag is one unit
@@ -54,6 +59,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 _EXTRACTOR_VERSION = 1  # bump when the output for the same inputs changes (invalidates caches)
 GROUP_BY = ("segment", "bag")
+LABEL_CLOCKS = ("header", "receive")
+# A pair's two images must be able to show one scene: aspect ratios within this factor, and
+# every side at least MIN_SIDE pixels (else it is a thumbnail or a placeholder, not a camera).
+MAX_ASPECT_RATIO = 1.25
+MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -80,8 +90,16 @@ class BagOptions:
     group_by: str = "segment"
     # A bag-splits file (mmkd_ros.data.splits): group = bag and the manifest's split from it.
     splits: str | None = None
+    # Which time of a frame is looked up in the labels (whose times are always receive times:
+    # a label topic's receive time, CSV seconds from the bag's first receive time):
+    # "header" = its header stamp (right when the camera stamps with the recorder's clock),
+    # "receive" = its receive time (when header stamps run on another clock, e.g. a device's).
+    label_clock: str = "header"
 
     def __post_init__(self) -> None:
+        if self.label_clock not in LABEL_CLOCKS:
+            raise DatasetError(f"--label-clock must be one of {', '.join(LABEL_CLOCKS)}, got "
+                               f"{self.label_clock!r}")
         if self.group_by not in GROUP_BY:
             raise DatasetError(f"--group-by must be one of {', '.join(GROUP_BY)}, got "
                                f"{self.group_by!r}")
@@ -334,6 +352,8 @@ def extract_bags(bags: Sequence[str | Path], out: str | Path,
         # The defaults of the options added later stay out of the key: caches of datasets
         # extracted before they existed remain valid.
         del key_opts["group_by"], key_opts["splits"]
+    if options.label_clock == "header":
+        del key_opts["label_clock"]  # the default; older caches stay valid
     key = _cache_key("bags", inputs, key_opts)
 
     def fill(writer: _DatasetWriter) -> dict[str, Any]:
@@ -379,8 +399,11 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
         bag.require_image_topic(rgb_topic, "--rgb-topic")
         bag.require_image_topic(nir_topic, "--nir-topic")
         timeline, label_source = _label_timeline(bag, options)
-        stamps = bag.stamps([rgb_topic, nir_topic])
+        stamps, received = bag.times([rgb_topic, nir_topic])
         rgb_stamps, nir_stamps = stamps[rgb_topic], stamps[nir_topic]  # [n_rgb], [n_nir]
+        # The time of each frame that is looked up in the labels (see BagOptions.label_clock).
+        label_times = received if options.label_clock == "receive" else stamps
+        rgb_label_t, nir_label_t = label_times[rgb_topic], label_times[nir_topic]
         pairing = pair_nearest(rgb_stamps, nir_stamps, max_dt_ns)
         if not pairing.pairs:
             raise BagError(
@@ -393,16 +416,22 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
         # Labels; a pair whose two frames fall on both sides of a label change shows two scenes.
         kept: list[tuple[int, int, str | None]] = []
         for i, j in pairing.pairs:
-            label = timeline.label_at(int(rgb_stamps[i])) if timeline else None
-            if timeline and timeline.label_at(int(nir_stamps[j])) != label:
+            label = timeline.label_at(int(rgb_label_t[i])) if timeline else None
+            if timeline and timeline.label_at(int(nir_label_t[j])) != label:
                 dropped += [(rgb_topic, rgb_stamps[i], "pair straddles a label change"),
                             (nir_topic, nir_stamps[j], "pair straddles a label change")]
                 continue
             kept.append((i, j, label))
-        if timeline and not any(label for _, _, label in kept) and not options.allow_unlabelled:
-            raise BagError(f"no pair of bag {path} got a label from {label_source}: check the "
-                           "label times (CSV times are seconds from the bag start) or pass "
-                           "--allow-unlabelled")
+        if timeline is not None and not any(label for _, _, label in kept):
+            if len(timeline):
+                message = _no_label_message(bag, path, label_source, timeline, options, stamps,
+                                            received, (rgb_topic, nir_topic))
+            else:
+                message = (f"no pair of bag {path} got a label from {label_source}: it holds no "
+                           f"label for bag {name}; add some or pass --allow-unlabelled")
+            if not options.allow_unlabelled:
+                raise BagError(message)
+            _say(progress, f"warning: {message}")
 
         # Scene segments (groups) over the time-ordered pairs, before subsampling.
         segments, segment = [], 0
@@ -424,8 +453,9 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
         first_id = len(writer.rows)
         by_rgb = {i: k for k, (i, _, _, _) in enumerate(selected)}
         by_nir = {j: k for k, (_, j, _, _) in enumerate(selected)}
-        pending: dict[int, dict[str, np.ndarray]] = {}
+        pending: dict[int, dict[str, Any]] = {}
         wanted = {rgb_topic: set(by_rgb), nir_topic: set(by_nir)}
+        written, failed = 0, []  # failed: (topic, stamp, reason) of frames that do not decode
         with _progress_bar(progress, len(selected), f"extracting {name}") as bar:
             for topic, index, _, array in bag.images(wanted):
                 k = by_rgb[index] if topic == rgb_topic else by_nir[index]
@@ -434,13 +464,73 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
                 if len(frames) < 2:
                     continue
                 i, j, label, group = selected[k]
-                writer.add_pair(f"{first_id + k:06d}", frames[rgb_topic], frames[nir_topic],
-                                label=label, group=group, source=str(path),
-                                rgb_stamp_ns=int(rgb_stamps[i]),
-                                nir_stamp_ns=int(nir_stamps[j]), topics=(rgb_topic, nir_topic),
-                                split=split)
                 del pending[k]
                 bar.update(1)
+                pair_stamps = {rgb_topic: int(rgb_stamps[i]), nir_topic: int(nir_stamps[j])}
+                bad = [t for t in (rgb_topic, nir_topic) if not isinstance(frames[t], np.ndarray)]
+                if bad:
+                    for t in (rgb_topic, nir_topic):
+                        reason = (f"undecodable image: {frames[t]}" if t in bad else
+                                  f"its paired {bad[0]} frame does not decode")
+                        failed.append((t, pair_stamps[t], reason))
+                    continue
+                _check_same_scene(path, frames[rgb_topic], frames[nir_topic], rgb_topic,
+                                  nir_topic, pair_stamps[rgb_topic])
+                writer.add_pair(f"{first_id + k:06d}", frames[rgb_topic], frames[nir_topic],
+                                label=label, group=group, source=str(path),
+                                rgb_stamp_ns=pair_stamps[rgb_topic],
+                                nir_stamp_ns=pair_stamps[nir_topic],
+                                topics=(rgb_topic, nir_topic), split=split)
+                written += 1
+        if failed and not written:
+            topic, stamp, reason = next(f for f in failed if f[2].startswith("undecodable"))
+            raise BagError(f"no frame pair of bag {path} decodes: all {len(failed) // 2} "
+                           f"selected pairs have an undecodable frame, e.g. topic {topic} at "
+                           f"stamp {stamp / 1e9:.3f} s ({reason.split(': ', 1)[1]}); re-record "
+                           "or re-copy the bag")
+        if failed:
+            writer.dropped += [{"bag": name, "topic": t, "stamp_ns": s, "reason": r}
+                               for t, s, r in sorted(failed, key=lambda d: d[1])]
+            _say(progress, f"warning: bag {name}: {len(failed) // 2} pair(s) dropped because a "
+                           "frame does not decode (listed in dataset.json dropped)")
+
+
+def _check_same_scene(path: Path, rgb: np.ndarray, nir: np.ndarray, rgb_topic: str,
+                      nir_topic: str, stamp_ns: int) -> None:
+    """Refuse a pair whose two images cannot show one scene (different aspect, tiny sides)."""
+    (rh, rw), (nh, nw) = rgb.shape[:2], nir.shape[:2]
+    ratio = (rw / rh) / (nw / nh)
+    if min(rh, rw, nh, nw) < MIN_SIDE or max(ratio, 1 / ratio) > MAX_ASPECT_RATIO:
+        raise BagError(
+            f"bag {path}: {rgb_topic} is {rw}x{rh} but {nir_topic} is {nw}x{nh} (frame at "
+            f"stamp {stamp_ns / 1e9:.3f} s), which cannot be the same scene (aspect ratios "
+            f"must agree within {int(round((MAX_ASPECT_RATIO - 1) * 100))}% and sides be at "
+            f"least {MIN_SIDE} px): pass the --rgb-topic/--nir-topic of two cameras that see "
+            "the same view")
+
+
+def _span(values: Sequence[np.ndarray], zero: int) -> str:
+    """``a..b s`` of the times in ``values`` relative to ``zero`` (ns)."""
+    joined = np.concatenate([np.asarray(v, np.int64) for v in values])
+    return f"{(joined.min() - zero) / 1e9:.3f}..{(joined.max() - zero) / 1e9:.3f} s"
+
+
+def _no_label_message(bag: BagReader, path: Path, label_source: str, timeline: LabelTimeline,
+                      options: BagOptions, stamps: dict[str, np.ndarray],
+                      received: dict[str, np.ndarray], topics: tuple[str, str]) -> str:
+    """Why no frame got a label: the label and both frame clocks' ranges, and the fix."""
+    zero = bag.start_ns
+    big = np.iinfo(np.int64)
+    bounds = [t for t in (*timeline.starts, *timeline.ends) if big.min < t < big.max]
+    labels = _span([np.asarray(bounds)], zero) if bounds else "all time"
+    header = _span([stamps[t] for t in topics], zero)
+    receive = _span([received[t] for t in topics], zero)
+    other = "receive" if options.label_clock == "header" else "header"
+    return (f"no pair of bag {path} got a label from {label_source}: the labels span {labels} "
+            f"of receive time (from the bag start), the frames' header stamps span {header} and "
+            f"their receive times {receive}, and frames are labelled by their "
+            f"{options.label_clock} time; pass --label-clock {other} or fix the label times "
+            "(or --allow-unlabelled)")
 
 
 def _unpaired_reasons(rgb: np.ndarray, nir: np.ndarray, pairs: list[tuple[int, int]],

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore
 
 # encoding -> (channels, bytes per channel) of the raw ``sensor_msgs/Image`` encodings we accept.
+# ``8UC1``/``16UC1`` (what many depth/IR drivers publish) are byte-identical to mono8/mono16.
 RAW_ENCODINGS: dict[str, tuple[int, int]] = {
     "rgb8": (3, 1),
     "bgr8": (3, 1),
@@ -37,6 +38,8 @@ RAW_ENCODINGS: dict[str, tuple[int, int]] = {
     "bgra8": (4, 1),
     "mono8": (1, 1),
     "mono16": (1, 2),
+    "8UC1": (1, 1),
+    "16UC1": (1, 2),
 }
 COMPRESSED_FORMATS = ("jpeg", "png")
 
@@ -48,19 +51,32 @@ def msg_to_array(msg: Any) -> np.ndarray:
     ``uint16``. Raises :class:`ImageDecodeError` (one line) for an unsupported encoding or
     truncated / corrupt data, so a bad frame never turns into a numpy traceback in a node.
     """
+    check_supported(msg)
     if hasattr(msg, "format"):
         return _decode_compressed(msg)
     return _decode_raw(msg)
 
 
-def _decode_raw(msg: Any) -> np.ndarray:
-    encoding = str(msg.encoding)
-    if encoding not in RAW_ENCODINGS:
+def check_supported(msg: Any) -> None:
+    """Raise :class:`ImageDecodeError` when the message's encoding / format is one we never
+    decode (a property of the stream, unlike truncated data, which is a property of a frame)."""
+    if hasattr(msg, "format"):
+        fmt = str(msg.format).lower()
+        if "compresseddepth" in fmt or not any(name in fmt for name in ("jpeg", "jpg", "png")):
+            raise ImageDecodeError(
+                f"unsupported CompressedImage format {msg.format!r}; supported: jpeg, png "
+                "(republish compressedDepth/other formats as raw images before recording)"
+            )
+    elif str(msg.encoding) not in RAW_ENCODINGS:
         raise ImageDecodeError(
-            f"unsupported image encoding {encoding!r}; supported: "
+            f"unsupported image encoding {str(msg.encoding)!r}; supported: "
             f"{', '.join(RAW_ENCODINGS)} and CompressedImage jpeg/png (convert the stream, "
             "e.g. with image_proc, before recording)"
         )
+
+
+def _decode_raw(msg: Any) -> np.ndarray:
+    encoding = str(msg.encoding)
     channels, depth = RAW_ENCODINGS[encoding]
     height, width = int(msg.height), int(msg.width)
     row_bytes = width * channels * depth
@@ -88,12 +104,6 @@ def _decode_raw(msg: Any) -> np.ndarray:
 
 
 def _decode_compressed(msg: Any) -> np.ndarray:
-    fmt = str(msg.format).lower()
-    if "compresseddepth" in fmt or not any(name in fmt for name in ("jpeg", "jpg", "png")):
-        raise ImageDecodeError(
-            f"unsupported CompressedImage format {msg.format!r}; supported: jpeg, png "
-            "(republish compressedDepth/other formats as raw images before recording)"
-        )
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
     if image is None:

@@ -40,7 +40,8 @@ def test_bgr8_bytes_are_really_blue_first():
     assert list(msg.data) == [0, 0, 255]
 
 
-@pytest.mark.parametrize("encoding,dtype", [("mono8", np.uint8), ("mono16", np.uint16)])
+@pytest.mark.parametrize("encoding,dtype", [("mono8", np.uint8), ("mono16", np.uint16),
+                                            ("8UC1", np.uint8), ("16UC1", np.uint16)])
 def test_mono_encodings_round_trip(encoding, dtype):
     rng = np.random.default_rng(1)
     mono = rng.integers(0, np.iinfo(dtype).max, (7, 4, 1), dtype=dtype)
@@ -48,6 +49,18 @@ def test_mono_encodings_round_trip(encoding, dtype):
         images.array_to_image_msg(mono, encoding, STAMP, "nir", TYPESTORE)))
     assert out.shape == (7, 4, 1) and out.dtype == dtype
     np.testing.assert_array_equal(out, mono)
+
+
+@pytest.mark.parametrize("encoding,mono", [("8UC1", "mono8"), ("16UC1", "mono16")])
+def test_opencv_type_encodings_decode_like_mono(encoding, mono):
+    """Depth/IR drivers publish 8UC1/16UC1: the same bytes as mono8/mono16, so the same array."""
+    dtype = np.uint16 if mono == "mono16" else np.uint8
+    arr = np.random.default_rng(3).integers(0, np.iinfo(dtype).max, (5, 7, 1), dtype=dtype)
+    msg = images.array_to_image_msg(arr, mono, STAMP, "nir", TYPESTORE)
+    msg.encoding = encoding
+    out = images.msg_to_array(through_cdr(msg))
+    assert out.shape == (5, 7, 1) and out.dtype == dtype
+    np.testing.assert_array_equal(out, arr)
 
 
 def test_big_endian_mono16_and_padded_rows():
