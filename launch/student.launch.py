@@ -45,6 +45,7 @@ def generate_launch_description() -> LaunchDescription:
                 "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
                 "input_type": ParameterValue(LaunchConfiguration("input_type"), value_type=str),
                 "use_sim_time": use_sim_time,
+                "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
             },
         ],
         remappings=[("image", LaunchConfiguration("image"))],
@@ -67,6 +68,12 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument(
                 "image", default_value=LaunchConfiguration("image_topic"), description="RGB input topic"
+            ),
+            DeclareLaunchArgument(
+                "autostart",
+                default_value="true",
+                choices=["true", "false"],
+                description="Configure and activate at start; false: a lifecycle manager drives the node",
             ),
             DeclareLaunchArgument(
                 "namespace",

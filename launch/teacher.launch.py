@@ -40,6 +40,7 @@ def generate_launch_description() -> LaunchDescription:
                 "model_path": ParameterValue(LaunchConfiguration("model"), value_type=str),
                 "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
                 "use_sim_time": use_sim_time,
+                "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
             },
         ],
         remappings=[
@@ -68,6 +69,12 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument("rgb", default_value=LaunchConfiguration("rgb_topic"), description="RGB input topic"),
             DeclareLaunchArgument("nir", default_value=LaunchConfiguration("nir_topic"), description="NIR input topic"),
+            DeclareLaunchArgument(
+                "autostart",
+                default_value="true",
+                choices=["true", "false"],
+                description="Configure and activate at start; false: a lifecycle manager drives the node",
+            ),
             DeclareLaunchArgument(
                 "namespace",
                 default_value="",

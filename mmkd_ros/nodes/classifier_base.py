@@ -11,6 +11,13 @@ behave identically:
   :class:`mmkd_ros.deploy.classifier.Classifier` (the ML lives there, not here); a frame that cannot be
   decoded or classified is counted as bad and logged (throttled), never fatal;
 - ``~/classification``, ``~/image_annotated`` and ``/diagnostics`` are published.
+
+Both are managed (lifecycle) nodes: *configure* loads and checks the model and creates the
+outputs and the worker, *activate* subscribes to the inputs, *deactivate* unsubscribes (inference
+stops, the node stays up), *cleanup* releases the model. With ``autostart`` (the default) the node
+configures and activates itself at start, and a model it cannot load ends the process with one
+line (exit 2); with ``autostart:=false`` a lifecycle manager drives it through
+``~/change_state`` and a failed configure leaves it unconfigured with the same line in the log.
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 
 from mmkd_ros.core.device import resolve_device
@@ -44,9 +52,17 @@ from mmkd_ros.nodes.common import (
 INPUT_TYPES = ("raw", "compressed")
 MODEL_SUFFIXES = (".pt", ".pth", ".onnx")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+#: Parameters that may change while the node runs (``ros2 param set``); the others are read at
+#: configure/activate and may change only while the node is unconfigured.
+RUNTIME_PARAMETERS = frozenset({"publish_annotated", "max_rate", "stale_timeout"})
 
 #: Parameters common to both classifier nodes (each node adds its own).
 COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "autostart",
+        True,
+        "Configure and activate at start (a plain node); false: wait for a lifecycle manager.",
+    ),
     ParamSpec("model_path", "", "Model file: a .pt checkpoint written by training, or a student .onnx."),
     ParamSpec(
         "device",
@@ -89,12 +105,20 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
         min_value=0,
         max_value=100,
     ),
-    ParamSpec("publish_annotated", True, "Publish ~/image_annotated (only while someone subscribes)."),
+    ParamSpec("publish_annotated", True, "Publish ~/image_annotated (only while someone subscribes). Runtime."),
+    ParamSpec(
+        "max_rate",
+        0.0,
+        "Most inferences per second (0: every frame the worker can take); frames over the cap are "
+        "skipped and counted. Runtime.",
+        min_value=0.0,
+        max_value=1000.0,
+    ),
     ParamSpec(
         "stale_timeout",
         2.0,
         "Seconds without an input frame (wall clock) after which /diagnostics turns WARN: a camera "
-        "that stopped, a bag that ended, a remapping that lost its publisher.",
+        "that stopped, a bag that ended, a remapping that lost its publisher. Runtime.",
         min_value=0.1,
         max_value=3600.0,
     ),
@@ -122,7 +146,7 @@ def image_msg_type(input_type: str) -> type:
     return CompressedImage if input_type == "compressed" else Image
 
 
-class ClassifierNode(Node):
+class ClassifierNode(LifecycleNode):
     """Base of the classifier nodes; subclasses implement :meth:`subscribe` and call :meth:`submit`."""
 
     #: modalities the loaded model must take, e.g. ("rgb",) for the student
@@ -140,19 +164,99 @@ class ClassifierNode(Node):
         self._worker: Optional[threading.Thread] = None
         self._last_input: Optional[float] = None  # time.monotonic() of the newest input message
         self._first_input: Optional[float] = None
+        self._active = False  # lifecycle state active: inputs subscribed
+        self._configured = False  # lifecycle state inactive or active: model loaded
+        self._inputs_text = "not subscribed yet"
+        self._last_submit = 0.0  # time.monotonic() of the last frame handed to the worker
 
     # -- start -------------------------------------------------------------------------------
     @classmethod
     def parameter_specs(cls) -> tuple[ParamSpec, ...]:
-        return COMMON_PARAMETERS + cls.EXTRA_PARAMETERS
+        # Not read-only for ROS (a lifecycle manager sets them between cleanup and configure);
+        # :meth:`_on_set_parameters` says which may change when. ``autostart`` never changes.
+        return tuple(replace(spec, read_only=spec.name == "autostart")
+                     for spec in COMMON_PARAMETERS + cls.EXTRA_PARAMETERS)
+
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        specs = {spec.name: spec for spec in self.parameter_specs()}
+        for parameter in parameters:
+            spec = specs.get(parameter.name)
+            if spec is None:
+                continue  # use_sim_time and other rclpy parameters
+            if parameter.name not in RUNTIME_PARAMETERS and self._configured:
+                return SetParametersResult(successful=False, reason=(
+                    f"'{parameter.name}' is read when the node is configured; deactivate and clean up "
+                    f"the node (lifecycle), set it, then configure again. Runtime parameters: "
+                    f"{', '.join(sorted(RUNTIME_PARAMETERS))}"))
+            if spec.choices and parameter.value not in spec.choices:
+                return SetParametersResult(successful=False, reason=(
+                    f"'{parameter.name}' must be one of: {', '.join(spec.choices)}"))
+        for parameter in parameters:
+            if parameter.name in specs:
+                self.params[parameter.name] = parameter.value
+        return SetParametersResult(successful=True)
 
     def start(self) -> None:
-        """Validate parameters, load and warm up the model, then create topics and the worker.
-
-        Subscriptions come last: a node that subscribes is ready to classify, so a bag player that
-        waits for subscribers does not lose the first frames to model loading.
-        """
+        """Validate parameters; with ``autostart`` also configure and activate (raises on failure)."""
         self.params = declare_parameters(self, self.parameter_specs())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if not self.params["autostart"]:
+            self.get_logger().info("waiting for a lifecycle manager (autostart is false)")
+            return
+        self._start_error = None
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise self._start_error or ParameterError("configure failed; see the log above")
+        self.trigger_activate()
+
+    # -- lifecycle transitions ----------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.configure_outputs()
+        except Exception as exc:  # noqa: BLE001 - a lifecycle transition reports, never raises
+            if not isinstance(exc, MmkdError):
+                detail = " ".join(str(exc).split()) or "no message"
+                exc = ParameterError(f"parameter 'model_path': cannot load {self.params['model_path']} "
+                                     f"({type(exc).__name__}: {detail}); re-export it with this "
+                                     "project's training tools")
+            self._start_error = exc
+            if not self.params["autostart"]:  # under autostart start() reports it and exits 2
+                self.get_logger().error(f"cannot configure: {' '.join(str(exc).split())}")
+            return TransitionCallbackReturn.FAILURE
+        self._configured = True
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe last: a node that subscribes is ready, so a bag player waiting for
+        subscribers does not lose the first frames to model loading."""
+        self.subscribe()
+        self._inputs_text = self.describe_inputs()  # kept: the subscriptions go on deactivate
+        self._active = True
+        self.get_logger().info(
+            f"ready: {Path(self.params['model_path']).name} on {self.classifier.device}, "
+            f"classes {list(self.classifier.classes)}, input {self.describe_inputs()}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        for sub in self.subscriptions_of_inputs():
+            self.destroy_subscription(sub)
+        self.get_logger().info("inactive: input unsubscribed, inference stopped")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop()
+        self._diag_timer.cancel()
+        self.classifier = None
+        self._configured = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    def configure_outputs(self) -> None:
+        """Load and warm up the model, then create the outputs, the diagnostics timer and the worker."""
         self.classifier = self._load_classifier()
         kind, msg_type, self._to_msg = outputs.classification_output()
         if kind == outputs.OUTPUT_JSON:
@@ -160,20 +264,22 @@ class ClassifierNode(Node):
                 "vision_msgs is not installed: publishing ~/classification as JSON in std_msgs/String "
                 "(install ros-$ROS_DISTRO-vision-msgs for vision_msgs/Classification)"
             )
+        if getattr(self, "pub_class", None) is not None:  # configured before: outputs exist
+            self._diag_timer.reset()
+        else:
+            self._create_outputs(msg_type)
+        self.slot = LatestSlot()
+        self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._worker.start()
+
+    def _create_outputs(self, msg_type: type) -> None:
         self.pub_class = self.create_publisher(msg_type, "~/classification", output_qos(10))
         self.pub_annotated = self.create_publisher(Image, "~/image_annotated", output_qos(2))
         self.pub_diag = self.create_publisher(outputs.DiagnosticArray, "/diagnostics", output_qos(10))
-        self.create_timer(
+        self._diag_timer = self.create_timer(
             self.params["diagnostics_period"],
             self.publish_diagnostics,
             clock=Clock(clock_type=ClockType.STEADY_TIME),
-        )
-        self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
-        self._worker.start()
-        self.subscribe()
-        self.get_logger().info(
-            f"ready: {Path(self.params['model_path']).name} on {self.classifier.device}, "
-            f"classes {list(self.classifier.classes)}, input {self.describe_inputs()}"
         )
 
     def _load_classifier(self) -> Any:
@@ -228,6 +334,10 @@ class ClassifierNode(Node):
         """Resolved input topic names for the start-up log line (subclass)."""
         raise NotImplementedError
 
+    def subscriptions_of_inputs(self) -> list[Any]:
+        """The input subscriptions :meth:`subscribe` created (subclass)."""
+        raise NotImplementedError
+
     def input_seen(self, msg_info: dict) -> None:
         """Executor thread, every input message: middleware gaps and the time of the newest input."""
         self.gaps.update(msg_info)
@@ -237,16 +347,27 @@ class ClassifierNode(Node):
 
     def problems(self) -> list[str]:
         """What turns /diagnostics WARN (empty: OK). Subclasses add their own."""
+        if not self._active:
+            return ["inactive (lifecycle): not subscribed to the input; activate to classify"]
         if self._last_input is None:
-            return [f"no input yet on {self.describe_inputs()}"]
+            return [f"no input yet on {self._inputs_text}"]
         age = time.monotonic() - self._last_input
         if age > self.params["stale_timeout"]:
-            return [f"no input for {age:.1f} s on {self.describe_inputs()} (stale_timeout "
+            return [f"no input for {age:.1f} s on {self._inputs_text} (stale_timeout "
                     f"{self.params['stale_timeout']:g} s): check the camera or the remapping"]
         return []
 
     def submit(self, frame: Frame) -> None:
-        """Hand a complete frame to the worker; a frame still waiting there is dropped."""
+        """Hand a complete frame to the worker; a frame still waiting there is dropped.
+
+        Under ``max_rate`` a frame that comes sooner than ``1/max_rate`` after the last one handed
+        over is skipped (counted as ``rate_skipped`` in /diagnostics)."""
+        max_rate = self.params["max_rate"]
+        now = time.monotonic()
+        if max_rate > 0 and now - self._last_submit < 1.0 / max_rate:
+            self.stats.count("rate_skipped")
+            return
+        self._last_submit = now
         self.slot.put(frame)
 
     # -- worker ---------------------------------------------------------------------------------
@@ -298,7 +419,7 @@ class ClassifierNode(Node):
     def publish_diagnostics(self) -> None:
         extra = {
             "model": Path(self.params["model_path"]).name,
-            "inputs": self.describe_inputs(),
+            "inputs": self._inputs_text,
         }
         self.pub_diag.publish(
             outputs.diagnostics(

@@ -218,6 +218,7 @@ class FrameStats:
         self.received = 0
         self.processed = 0
         self.bad = 0
+        self.rate_skipped = 0
         self._latencies_ms: deque[float] = deque(maxlen=window)
         self._done_times: deque[float] = deque(maxlen=window)
 
@@ -241,6 +242,7 @@ class FrameStats:
                 "received": self.received,
                 "processed": self.processed,
                 "bad": self.bad,
+                "rate_skipped": self.rate_skipped,
             }
         rate = 0.0
         if len(recent) >= 2 and recent[-1] > recent[0]:

@@ -172,7 +172,7 @@ def diagnostics(
     }
     if "unpaired" in stats:
         values["unpaired_frames"] = int(stats["unpaired"])
-    for key in ("out_of_order", "pairer_resets"):
+    for key in ("rate_skipped", "out_of_order", "pairer_resets"):
         if key in stats:
             values[key] = int(stats[key])
     values.update(extra or {})

@@ -32,6 +32,9 @@ class StudentNode(ClassifierNode):
             camera_qos(self.params["input_reliability"]),
         )
 
+    def subscriptions_of_inputs(self) -> list[Any]:
+        return [self.sub]
+
     def describe_inputs(self) -> str:
         return f"{self.sub.topic_name} ({self.params['input_type']})"
 

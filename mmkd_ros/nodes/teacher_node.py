@@ -90,6 +90,9 @@ class TeacherNode(ClassifierNode):
             camera_qos(self.params["input_reliability"], PAIRING_DEPTH),
         )
 
+    def subscriptions_of_inputs(self) -> list[Any]:
+        return [self.sub_rgb, self.sub_nir]
+
     def describe_inputs(self) -> str:
         return (
             f"{self.sub_rgb.topic_name} ({self.params['input_type']}) + "
@@ -131,7 +134,7 @@ class TeacherNode(ClassifierNode):
     def problems(self) -> list[str]:
         """Input problems, plus: frames arrive but none has paired for ``stale_timeout``."""
         problems = super().problems()
-        if problems or self.pairer is None:
+        if problems or self.pairer is None or not self._active:
             return problems
         since = self._last_pair if self._last_pair is not None else self._first_input
         timeout = self.params["stale_timeout"]
