@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: ONNX users never pay for it
+    from torch import nn
 
 from mmkd_ros import __version__
 from mmkd_ros.core.atomic import atomic_path
@@ -72,6 +74,8 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     """Write atomically (:func:`~mmkd_ros.core.atomic.atomic_path`): never a torn file."""
     path = Path(path)
     with atomic_path(path) as tmp:
+        import torch
+
         torch.save(checkpoint, tmp)
     return path
 
@@ -87,6 +91,8 @@ def load_checkpoint(path: str | Path, role: str | None = None) -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        import torch
+
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"

@@ -4,6 +4,10 @@ Preprocessing is :func:`mmkd_ros.core.preprocess.prepare` with the input size an
 stored in the model file (:mod:`mmkd_ros.core.artifact`): exactly what evaluation did during
 training, so the model never sees differently prepared pixels in the field. The ROS nodes call only
 this module for the ML. It imports the core and the models, nothing of training or the tools.
+
+An ``.onnx`` model runs without torch: onnxruntime, the numpy twin of the preprocessing
+(:func:`mmkd_ros.core.preprocess.prepare_array`) and a numpy softmax; torch (about 570 MB of a
+node's memory) is imported only for a ``.pt`` checkpoint.
 """
 from __future__ import annotations
 
@@ -13,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mmkd_ros.core import preprocess
-from mmkd_ros.core.artifact import ONNX_METADATA_KEY, load_checkpoint
-from mmkd_ros.core.device import resolve_device
+from mmkd_ros.core.artifact import ONNX_METADATA_KEY
 from mmkd_ros.core.errors import CheckpointError, ModelLoadError
-from mmkd_ros.models import build_from_checkpoint
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -34,6 +35,26 @@ class Prediction:
     scores: list[float]  # softmax probabilities of all classes, in ``classes`` order
 
 
+def onnx_providers(device: str, available: list[str]) -> tuple[list[Any], str]:
+    """onnxruntime providers for ``device`` (auto | cpu | cuda | cuda:N) and where it really runs.
+
+    TensorRT's provider first when installed, then CUDA's, then the CPU; ``auto`` takes a GPU
+    provider when there is one. No torch is needed to decide.
+    """
+    device = str(device).strip().lower()
+    if device != "auto" and device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise ModelLoadError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    index = int(device.split(":")[1]) if device.startswith("cuda:") and device.split(":")[1].isdigit() else 0
+    gpu = [(name, {"device_id": index}) for name in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+           if name in available]
+    if device == "cpu" or not gpu:
+        if device.startswith("cuda"):
+            raise ModelLoadError(f"device {device!r} requested but this onnxruntime has no CUDA provider "
+                                 "(pip install onnxruntime-gpu) or no GPU is visible; use 'cpu' or 'auto'")
+        return ["CPUExecutionProvider"], "cpu"
+    return [*gpu, "CPUExecutionProvider"], f"cuda:{index}" if device.startswith("cuda:") else "cuda"
+
+
 class Classifier:
     """A loaded model plus its preprocessing; build it with :meth:`load`."""
 
@@ -46,28 +67,37 @@ class Classifier:
         self.normalization: dict[str, dict[str, list[float]]] = meta["normalization"]
         self.device = device
         self.backend = backend
+        self.providers: list[str] = []  # onnxruntime execution providers in use (ONNX models)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", backend: str = "auto") -> "Classifier":
+    def load(cls, path: str | Path, device: str = "auto", backend: str = "auto",
+             cpu_threads: int = 0) -> "Classifier":
         """A ``.pt`` checkpoint (torch) or ``.onnx`` student (onnxruntime); failures are ModelLoadError."""
         path = Path(path)
         if backend not in BACKENDS:
             raise ModelLoadError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-        try:
-            resolved = resolve_device(device)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from None
         is_onnx = path.suffix.lower() == ".onnx"
         if backend == "onnxruntime" and not is_onnx:
             raise ModelLoadError(f"backend onnxruntime needs an .onnx file, got {path.name} (export it with training/export.py)")
         if backend == "torch" and is_onnx:
             raise ModelLoadError(f"backend torch needs a .pt checkpoint, got {path.name}; use backend onnxruntime")
         if is_onnx:
-            return cls._load_onnx(path, resolved)
+            return cls._load_onnx(path, device, cpu_threads)
+        from mmkd_ros.core.device import resolve_device  # deferred: torch, never loaded for ONNX
+
+        try:
+            resolved = resolve_device(device)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
         return cls._load_torch(path, resolved)
 
     @classmethod
     def _load_torch(cls, path: Path, device: str) -> "Classifier":
+        import torch
+
+        from mmkd_ros.core.artifact import load_checkpoint  # deferred: torch, never loaded for ONNX
+        from mmkd_ros.models import build_from_checkpoint  # deferred: torch, never loaded for ONNX
+
         try:
             checkpoint = load_checkpoint(path)
             model = build_from_checkpoint(checkpoint, path).to(device).eval()
@@ -78,13 +108,14 @@ class Classifier:
         modalities = list(checkpoint["modalities"])
 
         @torch.inference_mode()
-        def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model(*[batch[m].to(device) for m in modalities]).float().cpu()  # [B, K]
+        def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+            tensors = [torch.from_numpy(batch[m]).to(device) for m in modalities]
+            return model(*tensors).float().cpu().numpy()  # [B, K]
 
         return cls(run, checkpoint, device, "torch")
 
     @classmethod
-    def _load_onnx(cls, path: Path, device: str) -> "Classifier":
+    def _load_onnx(cls, path: Path, device: str, cpu_threads: int = 0) -> "Classifier":
         try:
             import onnx
             import onnxruntime as ort
@@ -100,14 +131,14 @@ class Classifier:
             raise ModelLoadError(f"{path.name} has no '{ONNX_METADATA_KEY}' metadata; export it with training/export.py") from None
         except Exception as exc:  # onnx raises DecodeError and friends: any failure is "not a model"
             raise ModelLoadError(f"cannot read ONNX file {path.name}: {str(exc).splitlines()[0][:200]}") from None
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            index = int(device.split(":")[1]) if ":" in device else 0
-            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        elif device.startswith("cuda"):
-            device = "cpu"  # onnxruntime here has no CUDA provider: say where it really runs
+        providers, device = onnx_providers(device, ort.get_available_providers())
         try:
-            session = ort.InferenceSession(model_proto.SerializeToString(), providers=providers)
+            options = ort.SessionOptions()
+            if cpu_threads > 0:  # as torch.set_num_threads for a checkpoint: small models gain little
+                options.intra_op_num_threads = cpu_threads
+                options.inter_op_num_threads = 1
+            session = ort.InferenceSession(model_proto.SerializeToString(), sess_options=options,
+                                           providers=providers)
         except Exception as exc:
             raise ModelLoadError(f"onnxruntime cannot run {path.name}: {str(exc).splitlines()[0][:200]}") from None
         input_names = [i.name for i in session.get_inputs()]
@@ -115,14 +146,19 @@ class Classifier:
         if len(input_names) != len(modalities):
             raise ModelLoadError(f"{path.name} has inputs {input_names} but its metadata lists {modalities}")
 
-        def run(batch: dict[str, torch.Tensor]) -> np.ndarray:
-            feeds = {name: batch[m].numpy() for name, m in zip(input_names, modalities)}
+        def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+            feeds = {name: batch[m] for name, m in zip(input_names, modalities)}
             return session.run(None, feeds)[0]  # [B, K]
 
-        return cls(run, meta, device, "onnxruntime")
+        classifier = cls(run, meta, device, "onnxruntime")
+        classifier.providers = [p if isinstance(p, str) else p[0] for p in session.get_providers()]
+        return classifier
 
-    def preprocess(self, frame: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Arrays as ``msg_to_array`` gives them -> normalised [C, h, w] tensors, per modality."""
+    def preprocess(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Arrays as ``msg_to_array`` gives them -> normalised float32 [C, h, w], per modality.
+
+        torch's :func:`~mmkd_ros.core.preprocess.prepare` for a checkpoint (exactly as in
+        training), its numpy twin for an ONNX model (no torch on the robot)."""
         out = {}
         for m in self.modalities:
             if m not in frame:
@@ -132,7 +168,10 @@ class Classifier:
             if channels != self.channels[m]:
                 raise ValueError(f"{m} image has {channels} channel(s), the model was trained on {self.channels[m]}")
             norm = self.normalization[m]
-            out[m] = preprocess.prepare(arr, self.input_size, norm["mean"], norm["std"])  # [C, h, w]
+            if self.backend == "torch":
+                out[m] = preprocess.prepare(arr, self.input_size, norm["mean"], norm["std"]).numpy()
+            else:
+                out[m] = preprocess.prepare_array(arr, self.input_size, norm["mean"], norm["std"])
         return out
 
     def predict(self, images_by_modality: dict[str, np.ndarray]) -> Prediction:
@@ -142,9 +181,10 @@ class Classifier:
     def predict_batch(self, batch: list[dict[str, np.ndarray]]) -> list[Prediction]:
         """Classify several frames in one forward pass."""
         prepared = [self.preprocess(frame) for frame in batch]
-        stacked = {m: torch.stack([p[m] for p in prepared]) for m in self.modalities}  # [B, C, h, w]
-        logits = torch.as_tensor(np.asarray(self._run(stacked)), dtype=torch.float32)  # [B, K]
-        probs = torch.softmax(logits, dim=1)
+        stacked = {m: np.stack([p[m] for p in prepared]) for m in self.modalities}  # [B, C, h, w]
+        logits = np.asarray(self._run(stacked), dtype=np.float64)  # [B, K]
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
         out = []
         for row in probs:
             index = int(row.argmax())

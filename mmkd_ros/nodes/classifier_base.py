@@ -34,9 +34,9 @@ from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 
-from mmkd_ros.core.device import resolve_device
 from mmkd_ros.core.errors import MmkdError
 from mmkd_ros.data.ros_images import msg_to_array
+from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.nodes import outputs
 from mmkd_ros.nodes.common import (
     FrameStats,
@@ -72,7 +72,8 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "backend",
         "auto",
-        "Inference backend: auto (from the file suffix), torch, or onnxruntime (.onnx only).",
+        "Inference backend: auto (an .onnx model, or the .onnx exported beside a .pt checkpoint when "
+        "it is not older, runs on onnxruntime without torch; else torch), torch, or onnxruntime.",
         choices=("auto", "torch", "onnxruntime"),
     ),
     ParamSpec(
@@ -92,7 +93,7 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "cpu_threads",
         1,
-        "torch intra-op threads when inferring on the CPU; 0 keeps torch's default (one per core). One "
+        "Inference threads on the CPU (torch or onnxruntime); 0 keeps the library's default (one per core). One "
         "thread is the default: small models gain little from more, and on a busy robot (or beside a "
         "camera driver) extra threads contend for cores and multiply latency.",
         min_value=0,
@@ -232,7 +233,7 @@ class ClassifierNode(LifecycleNode):
         self._inputs_text = self.describe_inputs()  # kept: the subscriptions go on deactivate
         self._active = True
         self.get_logger().info(
-            f"ready: {Path(self.params['model_path']).name} on {self.classifier.device}, "
+            f"ready: {self.model_file.name} on {self.classifier.device} ({self.classifier.backend}), "
             f"classes {list(self.classifier.classes)}, input {self.describe_inputs()}"
         )
         return TransitionCallbackReturn.SUCCESS
@@ -297,18 +298,30 @@ class ClassifierNode(LifecycleNode):
             raise ParameterError(
                 f"parameter 'device' is '{self.params['device']}'; use auto, cpu, cuda or cuda:N"
             )
-        # Checks that need no torch come first: a typo fails in a fraction of a second.
-        from mmkd_ros.deploy.classifier import Classifier  # deferred: it imports torch (seconds)
+        # Checks that need no torch come first: a typo fails in a fraction of a second. An ONNX
+        # model never imports torch (onnxruntime decides the device; about 570 MB saved).
+        onnx_twin = path.with_suffix(".onnx")
+        if (self.params["backend"] == "auto" and path.suffix != ".onnx" and onnx_twin.is_file()
+                and onnx_twin.stat().st_mtime >= path.stat().st_mtime):
+            # The offline chain exports the student next to its checkpoint (parity-checked): run
+            # that, without torch. backend:=torch runs the checkpoint itself.
+            self.get_logger().info(f"running {onnx_twin.name}, exported beside {path.name} "
+                                   "(backend auto; backend:=torch runs the checkpoint)")
+            path = onnx_twin
+        if path.suffix != ".onnx":
+            from mmkd_ros.core.device import resolve_device  # deferred: imports torch (seconds)
 
-        try:
-            resolve_device(self.params["device"])
-        except ValueError as exc:
-            raise ParameterError(f"parameter 'device': {exc}") from None
-        if self.params["cpu_threads"] > 0:
-            import torch
+            try:
+                resolve_device(self.params["device"])
+            except ValueError as exc:
+                raise ParameterError(f"parameter 'device': {exc}") from None
+            if self.params["cpu_threads"] > 0:
+                import torch
 
-            torch.set_num_threads(self.params["cpu_threads"])  # process-wide; the node owns its process
-        classifier = Classifier.load(path, device=self.params["device"], backend=self.params["backend"])
+                torch.set_num_threads(self.params["cpu_threads"])  # process-wide; the node owns its process
+        classifier = Classifier.load(path, device=self.params["device"], backend=self.params["backend"],
+                                     cpu_threads=self.params["cpu_threads"])
+        self.model_file = path  # what runs (the .onnx twin under backend auto)
         missing = [m for m in self.REQUIRED_MODALITIES if m not in classifier.modalities]
         extra = [m for m in classifier.modalities if m not in self.REQUIRED_MODALITIES]
         if missing or extra:
@@ -393,7 +406,7 @@ class ClassifierNode(LifecycleNode):
             prediction.score,
             prediction.scores,
             self.classifier.classes,
-            Path(self.params["model_path"]).name,
+            self.model_file.name,
             latency_ms,
         )
         self.pub_class.publish(self._to_msg(content))
@@ -418,7 +431,7 @@ class ClassifierNode(LifecycleNode):
 
     def publish_diagnostics(self) -> None:
         extra = {
-            "model": Path(self.params["model_path"]).name,
+            "model": self.model_file.name,
             "inputs": self._inputs_text,
         }
         self.pub_diag.publish(

@@ -130,3 +130,32 @@ def test_transitions_configure_activate_deactivate_cleanup(colcon_install, stude
         node.interrupt()
         status = node.stop()
     assert status == 0, node.output()
+
+
+def test_student_runs_the_onnx_exported_beside_its_checkpoint(colcon_install, student_ckpt, tmp_path, client,
+                                                              node_logs) -> None:
+    import shutil
+
+    from mmkd_ros.tools.export import export_student
+
+    checkpoint = shutil.copy(student_ckpt, tmp_path / "student.pt")
+    exported = export_student(checkpoint, tmp_path / "export").paths["onnx"]
+    shutil.copy(exported, tmp_path / "student.onnx")  # as the offline chain leaves it
+    name, topic = "student_onnx", "/test_lifecycle/onnx_image"
+    client.subscribe(String, f"/{name}/classification")
+    publisher = client.publisher(Image, topic, depth=1)
+    node = NodeProcess(colcon_install, "student_node", ["-r", f"__node:={name}", "-r", f"image:={topic}",
+                                                        "-p", f"model_path:={checkpoint}", "-p", "device:=cpu"],
+                       node_logs)
+    try:
+        assert node.wait_for_output("ready:", 60.0), node.output()
+        assert "running student.onnx" in node.output() and "(onnxruntime)" in node.output(), node.output()
+        for i in range(50):
+            publisher.publish(image_msg(frame(i), "rgb8", 10**9 + i))
+            if wait_until(lambda: client.messages(f"/{name}/classification"), 0.2):
+                break
+        assert client.messages(f"/{name}/classification"), node.output()
+        assert '"model":"student.onnx"' in client.messages(f"/{name}/classification")[0].data
+    finally:
+        node.interrupt()
+        assert node.stop() == 0, node.output()
