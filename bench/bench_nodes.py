@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "test"))
 
 import numpy as np
 
-import ros_testing  (process, domain and client helpers shared with the node tests)
+import ros_testing  # noqa: E402  (process, domain and client helpers shared with the node tests)
 from report_section import replace_section
 
 TITLE = "ROS 2 nodes: latency and sustainable rate (student vs teacher)"
@@ -203,14 +203,14 @@ def _best_effort_qos() -> Any:
 
 
 def predict_baseline(model: Path, role: str, repeats: int = 50) -> float:
-    """Median ms of ``Classifier.predict`` on one 640x480 frame in this process, 1 torch thread:
+    """Median ms of ``Classifier.predict`` on one 640x480 frame in this process, 1 thread:
     the model's share of the node latency (the rest is ROS: decode, copies, DDS, JSON)."""
     import torch
 
     from mmkd_ros.deploy.classifier import Classifier
 
     torch.set_num_threads(1)
-    classifier = Classifier.load(model, device="cpu")
+    classifier = Classifier.load(model, device="cpu", cpu_threads=1)  # as the node: one thread
     rng = np.random.default_rng(0)
     frame = {"rgb": rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)}
     if role == "teacher":
@@ -222,6 +222,15 @@ def predict_baseline(model: Path, role: str, repeats: int = 50) -> float:
         classifier.predict(frame)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (VmRSS), MB; NaN when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -256,6 +265,7 @@ def measure(
         bench = Bench(client, role, node, annotated)
         bench.wait_ready()
         latency_run = bench.run(latency_rate, max(seconds, 5.0))
+        latency_run["rss_mb"] = rss_mb(node.proc.pid)
         steps = []
         held: Optional[float] = None
         failures = 0
@@ -288,7 +298,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--teacher", type=Path, help="teacher checkpoint (default: untrained default arch)")
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each rate step")
-    parser.add_argument("--latency-rate", type=float, default=10.0, help="rate of the latency run (Hz)")
+    parser.add_argument("--latency-rate", type=float, default=30.0, help="rate of the latency run (Hz)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = parser.parse_args(argv)
 
@@ -347,9 +357,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         r = results[label]
         lat, in_node = r["latency"]["latencies"], r["latency"]["in_node"]
         held = "-" if r.get("held") is None else f"{r['held']:g} Hz"
+        outside = [t - n for t, n in zip(lat, in_node)]
+        forward = baseline[str(r["model"])]
         return (
-            f"| {label} | {r['rate']:g} Hz | {pct(lat, 50):.1f} | {pct(lat, 95):.1f} | {pct(in_node, 50):.1f} | "
-            f"{baseline[str(r['model'])]:.1f} | {100 * r['latency']['drop']:.1f} % | {held} |"
+            f"| {label} | {r['rate']:g} Hz | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {pct(in_node, 50):.1f} | "
+            f"{pct(outside, 50):.1f} | {forward:.1f} | {pct(lat, 50) / forward:.1f}x | "
+            f"{100 * r['latency']['drop']:.1f} % | {r['latency']['rss_mb']:.0f} | {held} |"
         )
 
     teacher_held = results["teacher_node (.pt, torch)"]["held"]
@@ -361,7 +374,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     cores = os.cpu_count()
     lines = [
         f"Command: `.venv/bin/python bench/bench_nodes.py` ({time.strftime('%Y-%m-%d')}, {cores} CPU cores, "
-        f"device cpu, node default cpu_threads 1; onnxruntime uses its default threads). Load average "
+        f"device cpu, node default cpu_threads 1 for torch and onnxruntime alike). Load average "
         f"before/after: {load_before[0]:.1f} / {load_after[0]:.1f} (the machine was shared with other jobs: "
         "absolute figures are pessimistic and noisy; compare rows of one run).",
         "",
@@ -375,9 +388,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         + ", ".join(f"{r}" for r in RATES)
         + f" Hz ({args.seconds:g} s each) with under 1 % frames unclassified and the publisher on time.",
         "",
-        "| node | latency run | p50 (ms) | p95 (ms) | in node p50 (ms) | predict() alone (ms) | unclassified "
-        "| held |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Breakdown: in node = the node's receive -> publish (decode, preprocess, inference, JSON); outside = "
+        "latency - in node (DDS in and out, the executor's wait, the client's own callback); predict() alone "
+        "is the model's cost; ratio = latency p50 / predict() alone. RSS = the node process's resident "
+        "memory after the latency run.",
+        "",
+        "| node | latency run | p50 (ms) | p99 (ms) | in node p50 (ms) | outside p50 (ms) | predict() alone (ms) "
+        "| p50 / predict() | unclassified | RSS (MB) | held |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *[row(label) for label in results],
         "",
         f"Sustainable rate, student / teacher: {ratios}.",
