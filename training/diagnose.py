@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from mmkd_ros.tools.diagnose import DiagnoseOptions, diagnose, render
-from mmkd_ros.core.errors import run_cli
+from mmkd_ros.core.atomic import check_writable, write_atomic
+from mmkd_ros.core.errors import quiet_native_logs, run_cli
 
 DEFAULTS = DiagnoseOptions()
 
@@ -37,10 +38,13 @@ def main(argv: list[str] | None = None) -> None:
                                   threads=args.threads)
     except ValueError as exc:
         parser.error(str(exc))
+    quiet_native_logs()
+    if args.json:  # before minutes of probes, not after
+        check_writable(args.json, "--json", folder=False)
     result = diagnose(args.data, options, args.teacher, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(render(result))
     if args.json:
-        args.json.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+        write_atomic(args.json, json.dumps(result.to_dict(), indent=1) + "\n")
 
 
 if __name__ == "__main__":

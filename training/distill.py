@@ -5,12 +5,18 @@ Given only a bag: extract the pairs (cached by the bag's content), train the tea
 --teacher is given, distill the student, evaluate both (report in OUT/eval/report.md). With
 --data, --teacher and --no-eval it distills only (OUT/student.pt), nothing else.
 
+Without --resume every run in OUT is trained afresh; the extraction in OUT/dataset is reused while
+the bags and the extraction options are unchanged, and --force extracts again regardless. --resume
+continues the runs in OUT with their recorded config: key=value overrides (and --method, --seed)
+that differ from it are refused, except teacher.epochs / distill.epochs, which extend a run.
+
 Examples:
   training/distill.py --bag data/demo_bag --out runs/demo
   training/distill.py --bag bags/* --splits splits.json --out runs/real   # split by bag
   training/distill.py --data data/demo_pairs --teacher runs/teacher/teacher.pt --method adv+kd
   training/distill.py --data data/demo_pairs --teacher runs/teacher/teacher.pt --no-eval --out runs/s
   training/distill.py --bag data/demo_bag --out runs/demo distill.w_adv=1.0 distill.gan_loss=hinge
+  training/distill.py --bag data/demo_bag --out runs/demo --resume distill.epochs=20   # extend a run
   torchrun --nproc_per_node=2 training/distill.py --bag data/demo_bag --out runs/demo
 """
 import argparse
@@ -18,7 +24,8 @@ import sys
 from pathlib import Path
 
 from mmkd_ros.train import config as config_lib
-from mmkd_ros.core.errors import run_cli
+from mmkd_ros.core.atomic import check_writable
+from mmkd_ros.core.errors import ConfigError, quiet_native_logs, run_cli
 from mmkd_ros.data.extract import BagOptions
 from mmkd_ros.tools.pipeline import run_chain
 from mmkd_ros.train.distill import distill
@@ -36,7 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/distill"), help="output folder (default %(default)s)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training YAML (default config/train.yaml)")
     parser.add_argument("--method", choices=list(config_lib.METHODS), help="shortcut for distill.method=...")
-    parser.add_argument("--resume", action="store_true", help="continue the runs in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs in --out (overrides must agree with their recorded config; "
+                             "teacher.epochs and distill.epochs may grow)")
+    parser.add_argument("--force", action="store_true",
+                        help="extract the bags again even when --out holds their cached pair dataset")
     parser.add_argument("--seed", type=int, help="shortcut for seed=N")
     parser.add_argument("--group-by", choices=("segment", "bag"),
                         help="extraction groups: <bag>:<label segment> (default) or whole bags")
@@ -46,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="distill only (needs --data and --teacher): no report, no other stage")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. distill.w_adv=1.0")
     args = parser.parse_args(argv)
+    quiet_native_logs()
     overrides = list(args.overrides)
     misplaced = [b for b in args.bag or [] if "=" in str(b) and not b.exists()]
     if misplaced:  # --bag takes every following word: an override there is no bag
@@ -55,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--splits and --group-by apply to --bag only")
     if args.no_eval and (args.data is None or args.teacher is None):
         parser.error("--no-eval distills only: give --data DATASET_DIR and --teacher CKPT")
+    if args.resume and args.force:
+        raise ConfigError("--resume continues the runs in --out and --force starts them afresh; give one of them")
+    check_writable(args.out)
     bag_options = None
     if args.bag and (args.splits is not None or args.group_by is not None):
         bag_options = BagOptions(group_by=args.group_by or "segment",
@@ -62,11 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     overrides += [f"distill.method={args.method}"] if args.method else []
     overrides += [f"seed={args.seed}"] if args.seed is not None else []
     config = config_lib.load(args.config, overrides)
+    given = config_lib.override_keys(overrides)
     if args.no_eval:
-        print(f"student checkpoint: {distill(config, args.data, args.teacher, args.out, resume=args.resume)}")
+        student = distill(config, args.data, args.teacher, args.out, resume=args.resume, given=given)
+        print(f"student checkpoint: {student}")
         return
-    result = run_chain(config, args.out, bag=args.bag, data=args.data,
-                       teacher=args.teacher, resume=args.resume, bag_options=bag_options)
+    result = run_chain(config, args.out, bag=args.bag, data=args.data, teacher=args.teacher, resume=args.resume,
+                       bag_options=bag_options, force=args.force, given=given)
     if result.report is not None:
         print(f"student checkpoint: {result.student}\nreport: {result.report}")
 

@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmkd_ros.core.errors import run_cli
+from mmkd_ros.core.atomic import check_writable
+from mmkd_ros.core.errors import quiet_native_logs, run_cli
 from mmkd_ros.tools.evaluate import evaluate
 
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N] (latency is always CPU)")
     args = parser.parse_args(argv)
+    quiet_native_logs()
+    check_writable(args.out)
     named = [c.split("=", 1) if "=" in c else (None, c) for c in args.checkpoints]
     checkpoints = {name: path for name, path in named} if all(n for n, _ in named) else [p for _, p in named]
     evaluate(checkpoints, args.data, args.out, split=args.split, device=args.device)

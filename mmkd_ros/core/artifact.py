@@ -18,6 +18,7 @@ training config), ``metrics``, ``package_version``; ``train_state`` in a resumab
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,22 +86,63 @@ def describe(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {k: checkpoint[k] for k in DESCRIPTION_FIELDS if k in checkpoint}
 
 
+def _pickle_globals(path: Path) -> list[str] | None:
+    """Callables a plain pickle file names (read with pickletools, nothing executed); None: not a pickle."""
+    import pickletools
+
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as stream:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - any parse failure means "not a pickle"
+        return found or None
+    return found
+
+
+def _refusal(path: Path, message: str) -> str:
+    """One line for a model file that is not plain weights: names the blocked call when there is one."""
+    import re
+    import zipfile
+
+    blocked = re.search(r"GLOBAL ([\w.]+)", message)
+    names = [blocked.group(1)] if blocked else None
+    if names is None and not zipfile.is_zipfile(path):
+        names = _pickle_globals(path)
+        if names is None:
+            return (f"cannot read model file {path}: it is neither a checkpoint nor a pickle (random or "
+                    "damaged bytes); copy it again or re-run training")
+    what = f"it would call {', '.join(dict.fromkeys(names))}" if names else "it holds objects beyond plain weights"
+    return (f"refused to load {path}: {what} when unpickled, so it was not loaded; use a model file written "
+            "by this project's training or training/export.py")
+
+
 def load_checkpoint(path: str | Path, role: str | None = None) -> dict[str, Any]:
     """Load and check the format; ``role`` ("teacher" / "student") is enforced when given."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"model file {path} is empty (0 bytes: an interrupted copy or download?); "
+                              "copy it again or re-run training")
     try:
         import torch
 
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns twice about legacy pickles; the line below says it
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(
-            f"refused to load {path}: not a plain-weights file (weights_only load failed: {first[:160]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise CheckpointError(_refusal(path, str(exc))) from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CheckpointError(f"cannot read model file {path} ({detail}): truncated or not a checkpoint; "
+                              "copy it again or re-run training") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mmkd_ros checkpoint (no format={FORMAT!r} field)")
     if checkpoint.get("version") != VERSION:

@@ -66,3 +66,25 @@ def quiet_native_logs() -> None:
         logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     elif hasattr(cv2, "setLogLevel"):  # OpenCV 4 builds without cv2.utils.logging
         cv2.setLogLevel(0)  # 0: silent
+
+
+class ArgumentError(MmkdError):
+    """A command-line value is out of its range (e.g. ``--max-dt nan``)."""
+
+
+def check_number(name: str, value: float, minimum: float | None = None, maximum: float | None = None,
+                 unit: str = "") -> float:
+    """``value`` when it is a finite number in [``minimum``, ``maximum``]; else one :class:`ArgumentError` line.
+
+    For command-line numbers that argparse parses as ``float`` (which accepts ``nan`` and ``inf``),
+    e.g. ``check_number("--max-dt", args.max_dt, minimum=0, unit="seconds")``.
+    """
+    import math
+
+    ok = math.isfinite(value) and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if not ok:
+        bounds = " and ".join(b for b in (f">= {minimum:g}" if minimum is not None else "",
+                                          f"<= {maximum:g}" if maximum is not None else "") if b)
+        allowed = f"a finite number{' ' + bounds if bounds else ''}{' (' + unit + ')' if unit else ''}"
+        raise ArgumentError(f"{name} {value:g} is out of range; use {allowed}")
+    return value

@@ -42,7 +42,7 @@ from torch import nn
 
 from mmkd_ros.core import preprocess
 from mmkd_ros.core.artifact import check_compatible, load_checkpoint
-from mmkd_ros.core.errors import DatasetError
+from mmkd_ros.core.errors import DatasetError, quiet_native_logs
 from mmkd_ros.core.metrics import classification_metrics
 from mmkd_ros.data.dataset import DatasetInfo, PairRecord, load_resized, open_dataset
 from mmkd_ros.models import build_from_checkpoint
@@ -340,6 +340,7 @@ def diagnose(data_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions(),
 
     Uses ``options.threads`` torch threads while it runs and restores the caller's setting.
     """
+    quiet_native_logs()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(options.threads)
     try:
@@ -351,6 +352,8 @@ def diagnose(data_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions(),
 def _diagnose(data_dir: str | Path, options: DiagnoseOptions, teacher: str | Path | None,
               log: Callable[[str], None]) -> Diagnosis:
     info = open_dataset(data_dir)
+    if teacher is not None:  # a wrong --teacher is refused now, not after minutes of probes
+        check_compatible(load_checkpoint(teacher, role="teacher"), info.classes, info.channels, teacher)
     train, val = load_splits(info, options)
     log(f"{len(train.records)} train / {len(val.records)} val pairs at {options.size}x{options.size}")
     counts = {"train": len(train.records), "val": len(val.records),

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from mmkd_ros.core.artifact import check_compatible, load_checkpoint
-from mmkd_ros.core.atomic import atomic_path, write_atomic
+from mmkd_ros.core.atomic import atomic_path, check_writable, write_atomic
 from mmkd_ros.core.device import resolve_device
-from mmkd_ros.core.errors import DatasetError
+from mmkd_ros.core.errors import DatasetError, quiet_native_logs
 from mmkd_ros.core.metrics import classification_metrics
 from mmkd_ros.data.dataset import PairDataset, open_dataset
 from mmkd_ros.models import build_from_checkpoint
@@ -39,14 +39,21 @@ def evaluate(checkpoints: Sequence[str | Path] | dict[str, str | Path], data_dir
     device = resolve_device(device)
     named = dict(checkpoints) if isinstance(checkpoints, dict) else {_default_name(Path(p)): p for p in checkpoints}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
+    quiet_native_logs()
     info = open_dataset(data_dir)
     if not info.split(split):
         raise DatasetError(f"{data_dir}: the {split} split is empty; record more scenes or choose --split val")
-    results: dict[str, Any] = {}
+    # Every checkpoint is checked before the first is measured, and nothing is written before all
+    # are measured: a bad input leaves no half-filled report folder.
+    loaded = {}
     for name, path in named.items():
         checkpoint = load_checkpoint(path)
         check_compatible(checkpoint, info.classes, info.channels, path)
+        loaded[name] = checkpoint
+    results: dict[str, Any] = {}
+    for name, path in named.items():
+        checkpoint = loaded[name]
         model = build_from_checkpoint(checkpoint, path).eval()
         modalities = list(checkpoint["modalities"])
         dataset = PairDataset(info, split, checkpoint["input_size"], checkpoint["normalization"], augment=False,
@@ -57,13 +64,16 @@ def evaluate(checkpoints: Sequence[str | Path] | dict[str, str | Path], data_dir
         results[name] = {"checkpoint": str(path), "role": checkpoint["role"], "arch": checkpoint["arch"],
                          "modalities": modalities, "method": checkpoint["metrics"].get("method"),
                          **metrics, **cost}
+        print(f"[evaluate] {name}: accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} "
+              f"params={cost['params']} flops={cost['flops']} latency_ms={cost['latency_ms']:.2f}", file=sys.stderr)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in named.items():
+        metrics = results[name]
         _plot_confusion(metrics["confusion"], info.classes, f"{name}: accuracy {metrics['accuracy']:.3f}",
                         out_dir / f"confusion_{_slug(name)}.png")
         curves = Path(path).parent / "metrics.csv"
         if curves.is_file():
             _plot_curves(curves, name, out_dir / f"curves_{_slug(name)}.png")
-        print(f"[evaluate] {name}: accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} "
-              f"params={cost['params']} flops={cost['flops']} latency_ms={cost['latency_ms']:.2f}", file=sys.stderr)
     report = {"dataset": str(data_dir), "split": split, "classes": info.classes,
               "num_pairs": len(info.split(split)), "models": results}
     write_atomic(out_dir / "metrics.json", json.dumps(report, indent=2))

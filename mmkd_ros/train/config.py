@@ -71,14 +71,13 @@ class DataConfig:
     test_fraction: float = 0.15
 
     def __post_init__(self) -> None:
-        _check_positive("data", self, ("batch_size",))
+        _check_integers("data", self, batch_size=1, num_workers=0)
         if min(self.input_size) < 8:
             raise ConfigError(f"data.input_size={list(self.input_size)} is too small; use at least [8, 8]")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"data.{name}={getattr(self, name)} must be in [0, 1)")
+        _check_numbers("data", self, unit=("val_fraction", "test_fraction"))
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} + data.test_fraction={self.test_fraction} "
+                              "leave no training pairs; their sum must be < 1")
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,10 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check_recipe("teacher", self)
+        _check_numbers("teacher", self, positive=("width",), unit=("dropout",))
+        if self.fuse_at not in (1, 2, 3):
+            raise ConfigError(f"teacher.fuse_at={self.fuse_at!r} is out of range; use 1, 2 or 3 (the stage after "
+                              "which RGB and NIR are concatenated)")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class StudentConfig:
 
     arch: str = "student_mobilenetv3_small"
     width: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_numbers("student", self, positive=("width",))
 
 
 @dataclass(frozen=True)
@@ -149,40 +155,52 @@ class DistillConfig:
         if self.method not in METHODS:
             raise ConfigError(f"distill.method={self.method!r} is not allowed; choose one of {', '.join(METHODS)}")
         _check_recipe("distill", self)
-        _check_positive("distill", self, ("lr_disc", "kd_temperature", "disc_hidden", "disc_layers"))
+        _check_numbers("distill", self, positive=("lr_disc", "kd_temperature"),
+                       non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "gp_weight", "adv_warmup_epochs"),
+                       unit=("focus_momentum",))
+        _check_integers("distill", self, d_steps=1, disc_hidden=1, disc_layers=1, projector_hidden=0)
+        if not (math.isfinite(self.focus_floor) and 0.0 <= self.focus_floor <= 1.0):
+            raise ConfigError(f"distill.focus_floor={self.focus_floor!r} is out of range; use a number in [0, 1] "
+                              "(1: no focusing)")
         used = {name for term in METHODS[self.method] for name in TERM_FIELDS[term]}
         for name in dict.fromkeys(n for fields in TERM_FIELDS.values() for n in fields):
             if name not in used and getattr(self, name) != _DEFAULTS[name]:
                 raise ConfigError(
                     f"distill.{name}={getattr(self, name)!r} has no effect under distill.method={self.method} "
                     f"(terms {'+'.join(METHODS[self.method])}); drop it or choose a method that uses it")
-        if not 0.0 <= self.focus_floor <= 1.0:
-            raise ConfigError(f"distill.focus_floor={self.focus_floor} must be in [0, 1] (1: no focusing)")
-        if not 0.0 <= self.focus_momentum < 1.0:
-            raise ConfigError(f"distill.focus_momentum={self.focus_momentum} must be in [0, 1)")
-        if self.adv_warmup_epochs < 0 or self.d_steps < 1:
-            raise ConfigError("distill.adv_warmup_epochs must be >= 0 and distill.d_steps >= 1")
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
 
 
-def _check_positive(section: str, values: Any, names: Sequence[str]) -> None:
-    for name in names:
+def _check_integers(section: str, values: Any, **minimum: int) -> None:
+    """Each named integer field is at least its ``minimum`` (e.g. ``epochs=1``)."""
+    for name, low in minimum.items():
         value = getattr(values, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"{section}.{name}={value!r} must be a positive number")
+        if value < low:
+            raise ConfigError(f"{section}.{name}={value!r} is out of range; use an integer >= {low}")
+
+
+def _check_numbers(section: str, values: Any, positive: Sequence[str] = (), non_negative: Sequence[str] = (),
+                   unit: Sequence[str] = ()) -> None:
+    """Float fields: finite and > 0 (``positive``), >= 0 (``non_negative``) or in [0, 1) (``unit``).
+
+    NaN fails every comparison, so it is refused by each range, as is inf.
+    """
+    for names, ok, allowed in ((positive, lambda v: v > 0, "a finite number > 0"),
+                               (non_negative, lambda v: v >= 0, "a finite number >= 0"),
+                               (unit, lambda v: 0 <= v < 1, "a number in [0, 1)")):
+        for name in names:
+            value = getattr(values, name)
+            if not (math.isfinite(value) and ok(value)):
+                raise ConfigError(f"{section}.{name}={value!r} is out of range; use {allowed}")
 
 
 def _check_recipe(section: str, recipe: Any) -> None:
     """Ranges shared by the teacher and distillation recipes."""
-    _check_positive(section, recipe, ("lr", "epochs"))
-    for name in ("weight_decay", "warmup_epochs"):
-        value = getattr(recipe, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{section}.{name}={value!r} must be a finite number >= 0")
-    if not 0.0 <= recipe.label_smoothing < 1.0:
-        raise ConfigError(f"{section}.label_smoothing={recipe.label_smoothing!r} must be in [0, 1)")
+    _check_integers(section, recipe, epochs=1)
+    _check_numbers(section, recipe, positive=("lr",), non_negative=("weight_decay", "warmup_epochs"),
+                   unit=("label_smoothing",))
 
 
 @dataclass(frozen=True)
@@ -226,6 +244,19 @@ def load(yaml_path: str | Path | None = None, overrides: list[str] | None = None
             value = raw
         _set_path(tree, key.strip().split("."), value, item)
     return from_dict(tree)
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The dotted keys that ``key=value`` overrides set, in order (e.g. ``["distill.method"]``)."""
+    return list(dict.fromkeys(item.partition("=")[0].strip() for item in overrides))
+
+
+def get_value(config: Any, key: str) -> Any:
+    """The value of a dotted key of a config, e.g. ``get_value(cfg, "distill.lr")``."""
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def from_dict(tree: dict[str, Any]) -> Config:
@@ -326,6 +357,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         raise ConfigError(f"{key}: union types are not supported in the config")  # none are declared
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) and nan as strings; as numbers, the range checks judge them.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ConfigError(f"{key} must be {hint.__name__}, got {type(value).__name__} {value!r}")

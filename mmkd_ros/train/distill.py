@@ -16,6 +16,7 @@ Training pairs without a label (``-1``) feed every teacher term; cross-entropy s
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmkd_ros.core import artifact
+from mmkd_ros.core.atomic import check_writable
 from mmkd_ros.core.device import resolve_device
+from mmkd_ros.core.errors import CheckpointError, quiet_native_logs
 from mmkd_ros.models import build_from_checkpoint, build_model
-from mmkd_ros.train import config as config_lib
 from mmkd_ros.train.config import Config
 from mmkd_ros.train.data import make_eval_loader, make_train_loader, prepare_data
 from mmkd_ros.train.distributed import Runtime
-from mmkd_ros.train.loop import RecipeBase, cosine_schedule, fit, load_resume_state, seed_everything
+from mmkd_ros.train.loop import (
+    RecipeBase, check_validation_split, cosine_schedule, fit, load_resume_state, resumed_config, seed_everything,
+)
 from mmkd_ros.train.objectives import (
     Adversarial, StepTensors, build_objectives, method_needs_projector, method_needs_teacher,
 )
@@ -168,16 +172,24 @@ def load_teacher(path: Path, device: str) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def distill(config: Config, data_dir: str | Path, teacher_path: str | Path, out_dir: str | Path,
-            resume: bool = False, stop_after: int | None = None) -> Path:
+            resume: bool = False, stop_after: int | None = None, given: Collection[str] = ()) -> Path:
     """Distill a student from ``teacher_path`` on ``data_dir`` into ``out_dir``; returns the best checkpoint.
 
     ``stop_after`` ends this call after that many epochs in total (the run stays resumable).
+    ``given``: the config keys the user set explicitly; a resumed run refuses those that differ
+    from its recorded config (:func:`~mmkd_ros.train.loop.resumed_config`).
     """
     data_dir, teacher_path, out_dir = Path(data_dir), Path(teacher_path), Path(out_dir)
+    check_writable(out_dir)
+    quiet_native_logs()
     with Runtime.start(resolve_device(config.device)) as runtime:
         state = load_resume_state(out_dir, "student") if resume else None
-        if state is not None:
-            config = config_lib.from_dict(state["config"])  # a resumed run keeps its own config
+        if state is not None:  # a resumed run keeps its own config
+            config = resumed_config(state, config, given, "distill", out_dir)
+        if not teacher_path.is_file():
+            raise CheckpointError(f"teacher checkpoint {teacher_path} does not exist; pass a teacher.pt "
+                                  "(training/train_teacher.py makes one)")
+        check_validation_split(config, data_dir)
         seed_everything(config.seed + runtime.rank)
         teacher, teacher_ckpt = load_teacher(teacher_path, runtime.device)
         # The student must see exactly the teacher's pixels: same input size and normalisation.

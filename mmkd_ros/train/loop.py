@@ -16,7 +16,7 @@ import csv
 import math
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from mmkd_ros.core import artifact
 from mmkd_ros.core.atomic import atomic_path
-from mmkd_ros.core.errors import CheckpointError
+from mmkd_ros.core.errors import CheckpointError, ConfigError, DatasetError
 from mmkd_ros.core.metrics import classification_metrics
 from mmkd_ros.train import config as config_lib
+from mmkd_ros.data.dataset import open_dataset
 from mmkd_ros.train.config import Config
 from mmkd_ros.train.data import predict_logits
 from mmkd_ros.train.distributed import Runtime
@@ -170,6 +171,75 @@ def load_resume_state(out_dir: Path, role: str) -> dict[str, Any]:
     if "train_state" not in state or "recipe" not in state["train_state"]:
         raise CheckpointError(f"{path} has no training state this version can resume from; run without --resume")
     return state
+
+
+#: Keys a resumed run takes from the new command without complaint: where it runs.
+RESUME_FREE_KEYS = ("device",)
+#: Sections a stage does not read: the teacher run ignores the student's settings and vice versa.
+_OTHER_SECTIONS = {"teacher": ("distill.", "student."), "distill": ("teacher.",)}
+
+
+def resumed_config(state: dict[str, Any], config: Config, given: Collection[str], stage: str, run_dir: Path,
+                   quiet: bool = False) -> Config:
+    """The config a resumed run continues with: the one recorded in its ``last.pt``.
+
+    ``given`` are the keys the new command sets explicitly (``key=value`` overrides and their
+    shortcuts); each must agree with the recorded value, or the run would silently ignore it, so
+    disagreements are refused in one line. Two exceptions: ``device`` (where the run continues)
+    and ``<stage>.epochs`` (``stage`` is ``teacher`` or ``distill``), which may extend the run;
+    the learning-rate schedule then spans the new length from the current step on.
+    """
+    recorded = config_lib.from_dict(state["config"])
+    epochs_key = f"{stage}.epochs"
+    conflicts = []
+    for key in given:
+        if key in RESUME_FREE_KEYS or key == epochs_key or key.startswith(_OTHER_SECTIONS[stage]):
+            continue
+        old, new = config_lib.get_value(recorded, key), config_lib.get_value(config, key)
+        if old != new:
+            conflicts.append(f"{key}={new!r} (the run has {old!r})")
+    if conflicts:
+        raise ConfigError(f"--resume {run_dir}: {'; '.join(conflicts)} differ from the run's recorded config; "
+                          "drop them to continue the run, or give a new --out to train with them")
+    if epochs_key not in given:
+        return recorded
+    old_epochs, new_epochs = config_lib.get_value(recorded, epochs_key), config_lib.get_value(config, epochs_key)
+    done = int(state.get("train_state", {}).get("epoch", 0))
+    if new_epochs == old_epochs:
+        return recorded
+    if new_epochs < done:
+        raise ConfigError(f"--resume {run_dir}: {epochs_key}={new_epochs} is fewer than the {done} epochs the run "
+                          f"has done; give {epochs_key} >= {done} or drop it")
+    if not quiet:
+        print(f"note: --resume {run_dir}: {epochs_key} {old_epochs} -> {new_epochs}", file=sys.stderr)
+    section, name = epochs_key.split(".")
+    return config_lib.replace(recorded, **{section: {name: new_epochs}})
+
+
+_warned_splits: set[tuple[str, str]] = set()
+
+
+def check_validation_split(config: Config, data_dir: Path) -> None:
+    """Refuse a dataset whose val split has no labelled pair; warn (once) about classes val lacks.
+
+    Validation picks the kept checkpoint; with no labelled val pair there is nothing to pick by,
+    and a class that only train holds is never scored, so the pick ignores it.
+    """
+    info = open_dataset(data_dir, config.data.val_fraction, config.data.test_fraction)
+    train = {r.label for r in info.split("train") if r.label >= 0}
+    val = {r.label for r in info.split("val") if r.label >= 0}
+    if not val:
+        groups = len({r.group for r in info.records})
+        raise DatasetError(f"{data_dir}: the val split has no labelled pairs ({groups} groups in all); record more "
+                           "scenes, give the manifest a split column (or --splits with val bags), or raise "
+                           "data.val_fraction")
+    missing = [info.classes[k] for k in sorted(train - val)]
+    key = (str(data_dir), info.cache_key)
+    if missing and key not in _warned_splits:
+        _warned_splits.add(key)
+        print(f"warning: the val split of {data_dir} holds no {', '.join(missing)} pairs (train has them), so "
+              "validation cannot score those classes; record more scenes of them or give them val groups "
+              "(manifest split column, --splits)", file=sys.stderr)
 
 
 def run_finished(run_dir: Path, epochs: int) -> bool:

@@ -7,6 +7,7 @@ options; validation each epoch; the best checkpoint (validation ``select_by``) i
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmkd_ros.core import artifact
+from mmkd_ros.core.atomic import check_writable
 from mmkd_ros.core.device import resolve_device
+from mmkd_ros.core.errors import quiet_native_logs
 from mmkd_ros.losses import classification_loss
 from mmkd_ros.models import build_model
-from mmkd_ros.train import config as config_lib
 from mmkd_ros.train.config import Config
 from mmkd_ros.train.data import make_eval_loader, make_train_loader, prepare_data
 from mmkd_ros.train.distributed import Runtime
-from mmkd_ros.train.loop import RecipeBase, cosine_schedule, fit, load_resume_state, seed_everything
+from mmkd_ros.train.loop import (
+    RecipeBase, check_validation_split, cosine_schedule, fit, load_resume_state, resumed_config, seed_everything,
+)
 
 BEST_NAME = "teacher.pt"
 
@@ -76,17 +80,22 @@ def teacher_arch_args(config: Config, num_classes: int, channels: dict[str, int]
 
 
 def train_teacher(config: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-                  stop_after: int | None = None) -> Path:
+                  stop_after: int | None = None, given: Collection[str] = ()) -> Path:
     """Train (or resume) a teacher in ``out_dir``; returns the best checkpoint's path.
 
     ``stop_after`` ends this call after that many epochs in total (the run stays resumable); it
-    exists for time-boxed jobs and for the resume test.
+    exists for time-boxed jobs and for the resume test. ``given``: the config keys the user set
+    explicitly; a resumed run refuses those that differ from its recorded config
+    (:func:`~mmkd_ros.train.loop.resumed_config`).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    check_writable(out_dir)
+    quiet_native_logs()
     with Runtime.start(resolve_device(config.device)) as runtime:
         state = load_resume_state(out_dir, "teacher") if resume else None
-        if state is not None:
-            config = config_lib.from_dict(state["config"])  # a resumed run keeps its own config
+        if state is not None:  # a resumed run keeps its own config
+            config = resumed_config(state, config, given, "teacher", out_dir)
+        check_validation_split(config, data_dir)
         seed_everything(config.seed + runtime.rank)
         data = prepare_data(config, data_dir, unlabelled=False)  # cross-entropy only: nothing to learn from them
         classes, channels = data.info.classes, data.info.channels
