@@ -83,3 +83,11 @@ def test_teacher_is_not_exported(tmp_path):
     assert prediction.label in ("a", "b", "c")
     with pytest.raises(ValueError, match="lacks the 'nir' image"):
         teacher.predict({"rgb": np.zeros((50, 50, 3), np.uint8)})
+
+
+def test_an_export_that_fails_the_parity_check_leaves_no_file(exported, tmp_path):
+    """A node runs the .onnx beside a checkpoint: a file that disagrees must never be left there."""
+    path = exported[0]
+    with pytest.raises(CheckpointError, match="disagrees with PyTorch.*nothing was written"):
+        export_student(path, tmp_path / "strict", tolerance=-1.0)  # no diff can pass
+    assert list((tmp_path / "strict").iterdir()) == []

@@ -10,7 +10,6 @@ checkpoint already runs under torch without executing code from the file.)
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from mmkd_ros.core.atomic import atomic_path
 from mmkd_ros.core.artifact import ONNX_METADATA_KEY, describe, load_checkpoint
 from mmkd_ros.core.errors import CheckpointError
 from mmkd_ros.models import build_from_checkpoint
@@ -55,30 +55,36 @@ def export_student(checkpoint_path: str | Path, out_dir: str | Path, formats: tu
     result = ExportResult()
     if "onnx" in formats:
         path = out_dir / "student.onnx"
-        _export_onnx(model, probes[1], metadata, path, opset)
-        result.paths["onnx"], result.max_abs_diff["onnx"] = path, _onnx_parity(model, path, probes)
-    for name, diff in result.max_abs_diff.items():
-        if not diff <= tolerance:
-            raise CheckpointError(f"{name} export disagrees with PyTorch: max |diff| {diff:.3g} > {tolerance:g}")
+        result.paths["onnx"] = path
+        result.max_abs_diff["onnx"] = _export_onnx(model, probes, metadata, path, opset, tolerance)
     return result
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, metadata: dict[str, Any], path: Path,
-                 opset: int) -> None:
+def _export_onnx(model: torch.nn.Module, probes: list[torch.Tensor], metadata: dict[str, Any], path: Path,
+                 opset: int, tolerance: float) -> float:
+    """Write ``path`` only once the staged file agrees with PyTorch on ``probes``; returns max |diff|.
+
+    A node under ``backend: auto`` runs the ``.onnx`` beside a checkpoint, so a file that failed the
+    check must never be left where it would be picked up.
+    """
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, atomic_path(path) as staged:
         raw = Path(tmp) / "raw.onnx"
-        torch.onnx.export(model, (example,), str(raw), dynamo=True, input_names=["rgb"], output_names=["logits"],
-                          dynamic_shapes={"rgb": {0: batch}}, opset_version=opset, verbose=False)
+        torch.onnx.export(model, (probes[-1],), str(raw), dynamo=True, input_names=["rgb"],
+                          output_names=["logits"], dynamic_shapes={"rgb": {0: batch}}, opset_version=opset,
+                          verbose=False)
         proto = onnx.load(str(raw))
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(metadata)
-        staged = Path(tmp) / "final.onnx"
         onnx.save(proto, str(staged))
-        os.replace(staged, path)
+        diff = _onnx_parity(model, staged, probes)
+        if not diff <= tolerance:
+            raise CheckpointError(f"onnx export disagrees with PyTorch: max |diff| {diff:.3g} > {tolerance:g}; "
+                                  f"nothing was written to {path}")
+    return diff
 
 
 @torch.no_grad()

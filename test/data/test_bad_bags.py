@@ -7,9 +7,6 @@ Every bag here is a real bag written with rosbags; each case either extracts or 
 import json
 import re
 import sqlite3
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +18,8 @@ from mmkd_ros.data.bag import BagReader, read_labels_csv
 from mmkd_ros.data.extract import BagOptions, extract_bags
 from mmkd_ros.data.manifest import load_dataset_info, read_manifest
 from mmkd_ros.data.ros_images import array_to_compressed_msg, array_to_image_msg
+from extract_cli import assert_one_error_line, run_extract
 
-REPO = Path(__file__).resolve().parents[2]
-EXTRACT = REPO / "training" / "extract.py"
 ROS2 = get_typestore(Stores.ROS2_HUMBLE)
 T0 = 1_700_000_000 * 10**9
 MS = 10**6
@@ -61,23 +57,9 @@ def write_bag(path, count=6, rgb="rgb8", nir="mono8", nir_shape=(24, 32), receiv
     return path
 
 
-def run_extract(*args):
-    return subprocess.run([sys.executable, str(EXTRACT), *map(str, args)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
-
-
 def cli_args(bag, out, *extra):
     return ["--bag", bag, "--out", out, "--rgb-topic", "/cam/rgb", "--nir-topic", "/cam/nir",
             *extra]
-
-
-def assert_one_error_line(result, out, pattern):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    assert not Path(out).exists()
-    assert not [p for p in Path(out).parent.iterdir() if ".tmp-" in p.name]
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,8 +4,6 @@ Each either extracts, or ends in one ``error:`` line with exit 2 and no output l
 Skipped where the shared data folder is absent; the bags are read in place, never copied.
 """
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +12,9 @@ from mmkd_ros.core.errors import BagError
 from mmkd_ros.data.bag import BagReader
 from mmkd_ros.data.extract import BagOptions, extract_bags
 from mmkd_ros.data.manifest import load_dataset_info, read_manifest
+from extract_cli import assert_one_error_line, run_extract
 
 REPO = Path(__file__).resolve().parents[2]
-EXTRACT = REPO / "training" / "extract.py"
 FOREIGN = next((p for p in (REPO / "shared" / "data" / "foreign_bags",
                             REPO.parent / "shared" / "data" / "foreign_bags") if p.is_dir()), None)
 pytestmark = pytest.mark.skipif(FOREIGN is None, reason="shared/data/foreign_bags is absent")
@@ -24,20 +22,6 @@ pytestmark = pytest.mark.skipif(FOREIGN is None, reason="shared/data/foreign_bag
 COLOR = "/device_0/sensor_1/Color_0/image/data"
 DEPTH = "/device_0/sensor_0/Depth_0/image/data"
 REALSENSE = ["realsense_depth_color_640x480.bag", "realsense_depth_color_640x480_mcap"]
-
-
-def run_extract(*args):
-    return subprocess.run([sys.executable, str(EXTRACT), *map(str, args)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
-
-
-def assert_one_error_line(result, out, pattern):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    assert not Path(out).exists()
-    assert not [p for p in Path(out).parent.iterdir() if ".tmp-" in p.name]
 
 
 @pytest.mark.parametrize("name", REALSENSE)
