@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from mmkd_ros.core import artifact
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.tools.pipeline import run_chain
+from read_only import read_only
 from tiny_pairs import write_tiny_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,27 +55,6 @@ def listing(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
 
 
-@contextmanager
-def read_only(folder: Path):
-    """``folder`` made unwritable, for root too (chattr +i) where that is possible; skip otherwise."""
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o555)
-    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None and \
-        subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-    try:
-        try:
-            (folder / ".probe").touch()
-            (folder / ".probe").unlink()
-            writable = True
-        except OSError:
-            writable = False
-        if writable:
-            pytest.skip("cannot make a read-only folder here (root without chattr +i)")
-        yield folder
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
 
 
 def edit_splits(root: Path, change) -> Path:
@@ -128,10 +107,19 @@ def test_resume_refuses_an_override_the_run_did_not_use(pairs, chain_run, tmp_pa
 
 def test_resume_extends_epochs_says_so_and_reports_the_recorded_method(pairs, chain_run, tmp_path):
     out = shutil.copytree(chain_run, tmp_path / "run")
+    # A checkpoint write killed with SIGKILL leaves its temporary file; a live writer's stays.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / "student" / f".last.pt.{dead.pid}-k1ll.tmp"
+    live = out / "student" / f".last.pt.{os.getpid()}-l1ve.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
     # distill.method is not given: the new command's default method must not name the resumed student
     done = run("distill", "--data", pairs, "--out", out, "--resume", "distill.epochs=2",
                *without(TINY, "distill.method", "distill.epochs"))
     assert done.returncode == 0, done.stderr[-2000:]
+    assert f"removed {stale}: a half-written file of a run that was killed" in done.stderr
+    assert not stale.exists() and live.exists()
     assert f"note: --resume {out / 'student'}: distill.epochs 1 -> 2" in done.stderr
     assert artifact.load_checkpoint(out / "student" / "last.pt")["train_state"]["epoch"] == 2
     assert "| student[adv] | rgb |" in (out / "eval" / "report.md").read_text()

@@ -2,8 +2,10 @@
 """Distill the RGB-only student from the RGB+NIR teacher; with --bag, run the whole offline chain.
 
 Given only a bag: extract the pairs (cached by the bag's content), train the teacher unless
---teacher is given, distill the student, evaluate both (report in OUT/eval/report.md). With
---data, --teacher and --no-eval it distills only (OUT/student.pt), nothing else.
+--teacher is given, distill the student, export it to OUT/student/student.onnx (checked against
+PyTorch; student_node runs it without torch; --no-onnx skips it), evaluate both (report in
+OUT/eval/report.md). With --data, --teacher and --no-eval it distills only (OUT/student.pt),
+nothing else.
 
 Without --resume every run in OUT is trained afresh; the extraction in OUT/dataset is reused while
 the bags and the extraction options are unchanged, and --force extracts again regardless. --resume
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="extraction groups: <bag>:<label segment> (default) or whole bags")
     parser.add_argument("--splits", type=Path, metavar="FILE",
                         help="bag-splits JSON giving every bag its split (groups become bag names)")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="do not export student.onnx beside student.pt (the node then runs the .pt with torch)")
     parser.add_argument("--no-eval", action="store_true",
                         help="distill only (needs --data and --teacher): no report, no other stage")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. distill.w_adv=1.0")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"student checkpoint: {student}")
         return
     result = run_chain(config, args.out, bag=args.bag, data=args.data, teacher=args.teacher, resume=args.resume,
-                       bag_options=bag_options, force=args.force, given=given)
+                       bag_options=bag_options, force=args.force, given=given, export_onnx=not args.no_onnx)
     if result.report is not None:
         print(f"student checkpoint: {result.student}\nreport: {result.report}")
 

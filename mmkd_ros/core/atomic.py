@@ -3,12 +3,16 @@
 Every file mmkd_ros writes for others to read goes through :func:`atomic_path` (or its shortcut
 :func:`write_atomic`): a temporary file in the target's folder, then ``os.replace`` onto the target,
 which POSIX makes atomic within one file system. A failure (an exception, Ctrl-C) removes the
-temporary file and leaves any earlier version of the target untouched. :func:`check_writable` is
-the early check of an output path that every command makes before its slow work.
+temporary file and leaves any earlier version of the target untouched. A process killed with
+SIGKILL cannot clean up: its temporary file ``.<name>.<pid>-XXXX<suffix>`` names its pid, and
+:func:`remove_stale_temps` (called when a run folder is reopened) removes those whose pid no
+longer runs. :func:`check_writable` is the early check of an output path that every command
+makes before its slow work.
 """
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +30,8 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=suffix,
+                                    dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -36,6 +41,61 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[^.]+(\.\w+)?$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def leftovers_of_dead_writers(folder: str | Path, pattern: re.Pattern[str],
+                              folders: bool = False) -> list[tuple[Path, int]]:
+    """``(path, pid)`` of the entries of ``folder`` whose name ``pattern`` matches with the writer's
+    pid as its first group, whose writer no longer runs (files, or ``folders``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(folder.iterdir()):
+        match = pattern.match(entry.name)
+        if not match or not (entry.is_dir() if folders else entry.is_file()):
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not pid_alive(pid):
+            found.append((entry, pid))
+    return found
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporary files a killed writer left in ``folder``; returns what it removed.
+
+    Only files named as :func:`atomic_path` names them whose pid no longer runs (so a writer
+    still running, here or in another process, keeps its file).
+    """
+    removed = []
+    for entry, _ in leftovers_of_dead_writers(folder, _TEMP_NAME):
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+    for entry in sorted(folder.iterdir()):
+        match = _TEMP_NAME.match(entry.name)
+        if not match or not entry.is_file():
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def write_atomic(path: str | Path, content: str | bytes) -> Path:

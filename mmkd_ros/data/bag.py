@@ -17,13 +17,14 @@ Labels come from one of three sources, all turned into a :class:`LabelTimeline`:
   decimal comma is accepted) or tabs, as the header line shows;
 - one label for the whole bag.
 
-Clocks: label times are on the bag's *receive* clock (the recorder's log time): a label topic's
-``std_msgs/String`` has no header, so its receive time is used, and CSV seconds count from the
-bag's first receive time (:attr:`BagReader.start_ns`). Frames are paired by their *header*
-stamps; which frame time is looked up in the labels (header stamp or receive time) is the
-extractor's ``label_clock`` option. Header stamps on another clock than the recorder's (a
-RealSense playback stamps from about 360 s while receive time starts at 0) need
-``label_clock="receive"``.
+Clocks: frames are paired by their *header* stamps. Label times are on the bag's *receive*
+clock (the recorder's log time): a label topic's ``std_msgs/String`` has no header, so its
+receive time is used, and CSV seconds count from the bag's first receive time
+(:attr:`BagReader.start_ns`); only a label topic whose messages carry header stamps is on the
+header clock (:attr:`LabelTimeline.clock`). Which frame time is looked up in the labels (header
+stamp or receive time) is the extractor's ``label_clock`` option: by default (``auto``) the
+header stamp while the two clocks agree, each frame's receive time when its header stamps run on
+another clock (a RealSense playback stamps from about 360 s while receive time starts at 0).
 
 Every failure (missing, unreadable, corrupt or unsupported bag, absent topic) is a one-line
 :class:`BagError`; a frame whose pixels do not decode is reported, not raised, by
@@ -276,16 +277,18 @@ class BagReader:
             found = ", ".join(sorted(self.topics)) or "none"
             raise BagError(f"label topic {topic} not found in bag {self.path} (topics: {found});"
                            " pass --label-topic, --labels-csv or --label")
-        times, labels = [], []
+        times, labels, stamped = [], [], True
         with _bag_errors(self.path, "reading labels"):
             for _, log_ns, msg in self._messages([topic]):
                 if not isinstance(getattr(msg, "data", None), str):
                     raise BagError(f"label topic {topic} carries {info.msgtype}, not a string "
                                    "message: publish labels as std_msgs/String")
                 times.append(_frame_stamp(msg, log_ns))
+                stamped = stamped and times[-1] != log_ns  # a header stamp, not receive time
                 labels.append(msg.data.strip())
         self._check_read(topic, len(times))
-        return LabelTimeline.from_changes(times, labels)
+        return LabelTimeline.from_changes(times, labels,
+                                          clock="header" if stamped and times else "receive")
 
     def _check_read(self, topic: str, read: int) -> None:
         """rosbags silently yields nothing for a topic whose metadata.yaml entry (type, QoS)
@@ -307,9 +310,15 @@ def _frame_stamp(msg: Any, log_ns: int) -> int:
 
 
 class LabelTimeline:
-    """Which label holds at a time: intervals ``[start, end)`` with a label (``None`` outside)."""
+    """Which label holds at a time: intervals ``[start, end)`` with a label (``None`` outside).
 
-    def __init__(self, starts: Iterable[int], ends: Iterable[int], labels: Iterable[str]) -> None:
+    ``clock`` is the clock of its times: ``"receive"`` (CSV, a header-less label topic) or
+    ``"header"`` (a label topic with header stamps; also a constant label, which fits any).
+    """
+
+    def __init__(self, starts: Iterable[int], ends: Iterable[int], labels: Iterable[str],
+                 clock: str = "receive") -> None:
+        self.clock = clock
         self.starts = np.asarray(list(starts), np.int64)
         self.ends = np.asarray(list(ends), np.int64)
         self.labels = list(labels)
@@ -318,18 +327,19 @@ class LabelTimeline:
         self.labels = [self.labels[i] for i in order]
 
     @classmethod
-    def from_changes(cls, times: Iterable[int], labels: Iterable[str]) -> "LabelTimeline":
+    def from_changes(cls, times: Iterable[int], labels: Iterable[str],
+                     clock: str = "receive") -> "LabelTimeline":
         """A label topic: each label holds from its stamp until the next one (or forever)."""
         times, labels = list(times), list(labels)
         order = sorted(range(len(times)), key=lambda i: times[i])
         starts = [times[i] for i in order]
         ends = starts[1:] + [np.iinfo(np.int64).max]
-        return cls(starts, ends, [labels[i] for i in order])
+        return cls(starts, ends, [labels[i] for i in order], clock)
 
     @classmethod
     def constant(cls, label: str) -> "LabelTimeline":
         """One label for all time."""
-        return cls([np.iinfo(np.int64).min], [np.iinfo(np.int64).max], [label])
+        return cls([np.iinfo(np.int64).min], [np.iinfo(np.int64).max], [label], "header")
 
     def label_at(self, stamp_ns: int) -> str | None:
         """The label holding at ``stamp_ns`` (the latest interval starting at or before it)."""
@@ -352,27 +362,34 @@ def read_labels_csv(path: str | Path, bag: str, bag_start_ns: int) -> LabelTimel
     if not path.is_file():
         raise DatasetError(f"labels CSV {path} does not exist: check --labels-csv")
     try:
-        return _parse_labels_csv(path, _read_text(path), bag, bag_start_ns)
+        return _parse_labels_csv(path, read_text(path, "labels CSV"), bag, bag_start_ns)
     except csv.Error as exc:
         raise DatasetError(f"labels CSV {path} is not a readable CSV ({exc}): save it as "
                            "CSV UTF-8 with a header start_s,end_s,label") from None
 
 
-def _read_text(path: Path) -> str:
-    """A spreadsheet's CSV as text: UTF-8 (BOM or not), UTF-16 with BOM, else Windows-1252."""
-    data = path.read_bytes()
+def read_text(path: Path, what: str) -> str:
+    """A spreadsheet's CSV as text: UTF-8 (BOM or not), UTF-16 with BOM, else Windows-1252.
+
+    ``what`` names the file in the one-line :class:`DatasetError` (e.g. ``"labels CSV"``).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{what} {path} cannot be read ({exc.strerror}): check the path and "
+                           "its permissions") from None
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return data.decode("utf-16")
         except UnicodeDecodeError:
-            raise DatasetError(f"labels CSV {path} starts with a UTF-16 mark but does not decode "
+            raise DatasetError(f"{what} {path} starts with a UTF-16 mark but does not decode "
                                "as UTF-16: save it as CSV UTF-8") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
     if b"\0" in data:
-        raise DatasetError(f"labels CSV {path} is neither UTF-8 nor text in a one-byte encoding "
+        raise DatasetError(f"{what} {path} is neither UTF-8 nor text in a one-byte encoding "
                            "(it holds NUL bytes): save it as CSV UTF-8")
     try:
         return data.decode("cp1252")  # Excel's "CSV" on Windows; a superset of Latin-1's letters

@@ -8,17 +8,29 @@ Inputs:
 - a folder of multi-band GeoTIFFs ``<class>/<name>.tif`` with chosen bands per modality.
 
 Guarantees:
-- atomic: the dataset is built in ``<out>.tmp-XXXX`` and moved onto ``<out>`` at the end, so a
-  failure (bad input, Ctrl-C) leaves no partial dataset;
+- atomic: the dataset is built in ``<out>.tmp-<pid>-XXXX`` and moved onto ``<out>`` at the end,
+  so a failure (bad input, Ctrl-C, SIGTERM) leaves no partial dataset: SIGTERM during an
+  extraction removes the temporary folder and raises :class:`ExtractionStopped` (one line). A
+  temporary folder left by a killed run (its pid no longer running) is removed by the next
+  extraction into the same ``<out>``, with one line saying so;
+- exclusive: an extraction holds ``fcntl.flock`` on ``<out>.lock`` (beside ``<out>``, holding its
+  pid; removed at the end) from the cache check to the commit; a second extraction into the same
+  ``<out>`` fails at once, in one line naming the pid of the first, instead of racing it;
 - cached: ``dataset.json`` records a key hashed from the input *bytes* (size + mtime can lie after
-  a copy or an edit) and the options; a second run with the same key reuses the dataset;
+  a copy or an edit) and the options; a second run with the same key reuses the dataset, once it
+  has checked that every file the manifest lists is there with the recorded total size
+  (``dataset.json["files"]``); a damaged cache is extracted again, with one line saying why;
+- parallel: ``workers > 1`` extracts several bags at once, one bag per worker process, each into
+  its own part folder; the parts are merged in bag order, so the dataset is the same, byte for
+  byte, as the one a single process writes;
 - accountable: every frame that did not become a pair (unpaired, subsampled, straddling a label
   change, or undecodable, with its partner) is listed in ``dataset.json["dropped"]`` with its
   bag, topic, stamp and reason; only a bag none of whose selected pairs decodes is an error;
 - sane pairs: the two images of a pair must be able to show one scene (aspect ratios within
   25 %, sides >= 8 px), else the extraction stops naming both topics and sizes;
 - clocks: frames pair by header stamp; labels (receive clock) are looked up by each frame's
-  header stamp or receive time (``BagOptions.label_clock``), see :mod:`mmkd_ros.data.bag`;
+  header stamp or receive time (``BagOptions.label_clock``; ``auto`` chooses per bag), see
+  :mod:`mmkd_ros.data.bag`;
 - leakage-free groups: a bag frame's group is ``<bag name>:<segment>``, a segment being a run of
   consecutive pairs with one label (one scene), so splitting by group never puts neighbouring,
   near-identical frames of one scene on both sides of a split. When a whole bag is one unit
@@ -27,43 +39,61 @@ Guarantees:
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import math
+import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from mmkd_ros import __version__
-from mmkd_ros.data.bag import BagReader, LabelTimeline, bag_files, read_labels_csv, \
-    resolve_bag_path
+from mmkd_ros.data.bag import BagReader, LabelTimeline, bag_files, bag_name, read_labels_csv, \
+    read_text, resolve_bag_path
 from mmkd_ros.data.image_files import read_image_file, write_png
 from mmkd_ros.data.manifest import DATASET_FORMAT, DATASET_VERSION, INFO_NAME, MANIFEST_NAME, \
-    load_dataset_info, write_manifest
+    dataset_problem, files_record, load_dataset_info, write_manifest
 from mmkd_ros.data.pairing import nearest_index, pair_nearest
 from mmkd_ros.data.splits import read_bag_splits
-from mmkd_ros.core.errors import BagError, DatasetError
+from mmkd_ros.core.atomic import leftovers_of_dead_writers
+from mmkd_ros.core.errors import BagError, DatasetError, quiet_native_logs
 from mmkd_ros.core.topics import LABEL_TOPIC, NIR_TOPIC, RGB_TOPIC
 
 DEFAULT_RGB_TOPIC, DEFAULT_NIR_TOPIC, DEFAULT_LABEL_TOPIC = RGB_TOPIC, NIR_TOPIC, LABEL_TOPIC
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
-_EXTRACTOR_VERSION = 1  # bump when the output for the same inputs changes (invalidates caches)
+# Bump when the output for the same inputs changes (invalidates caches). 2: label_clock "auto",
+# pairs that cannot be one scene refused, undecodable frames dropped, dataset.json["files"].
+_EXTRACTOR_VERSION = 2
 GROUP_BY = ("segment", "bag")
-LABEL_CLOCKS = ("header", "receive")
-# A pair's two images must be able to show one scene: aspect ratios within this factor, and
-# every side at least MIN_SIDE pixels (else it is a thumbnail or a placeholder, not a camera).
-MAX_ASPECT_RATIO = 1.25
+LABEL_CLOCKS = ("auto", "header", "receive")
+# label_clock "auto": a bag whose frames' header stamps and receive times differ by more than
+# this (median) stamps on another clock than the recorder's; transport latency is far below it.
+CLOCKS_AGREE_NS = 1_000_000_000
+# A pair's two images must be able to show one scene: aspect ratios within this factor (16:9
+# beside 4:3 or 5:4 passes, 2:1 beside 4:3 does not), and every side at least MIN_SIDE pixels
+# (else it is a thumbnail or a placeholder, not a camera frame).
+MAX_ASPECT_RATIO = 1.5
 MIN_SIDE = 8
+TOPIC_MAP_COLUMNS = ("bag", "rgb_topic", "nir_topic")
+
+
+class ExtractionStopped(DatasetError):
+    """SIGTERM arrived during an extraction; the unfinished dataset has been removed."""
 
 
 @dataclass(frozen=True)
@@ -90,13 +120,28 @@ class BagOptions:
     group_by: str = "segment"
     # A bag-splits file (mmkd_ros.data.splits): group = bag and the manifest's split from it.
     splits: str | None = None
-    # Which time of a frame is looked up in the labels (whose times are always receive times:
-    # a label topic's receive time, CSV seconds from the bag's first receive time):
+    # Which time of a frame is looked up in the labels (whose times are receive times: a label
+    # topic's receive time, CSV seconds from the bag's first receive time):
     # "header" = its header stamp (right when the camera stamps with the recorder's clock),
-    # "receive" = its receive time (when header stamps run on another clock, e.g. a device's).
-    label_clock: str = "header"
+    # "receive" = its receive time (when header stamps run on another clock, e.g. a device's),
+    # "auto" = per bag: "header" unless the frames' header stamps and receive times differ by
+    # more than CLOCKS_AGREE_NS (median), and always "header" for header-stamped label topics.
+    label_clock: str = "auto"
+    # Per-bag topics: (bag, rgb_topic, nir_topic) entries, bag = a bag name (folder name, .bag
+    # file stem) or a path; a bag without an entry uses rgb_topic / nir_topic.
+    topic_map: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        entries = []
+        for entry in self.topic_map:
+            if len(entry) != 3 or not all(isinstance(x, str) and x for x in entry):
+                raise DatasetError(f"topic map entry {entry!r} must be (bag, rgb_topic, "
+                                   "nir_topic), three non-empty names")
+            if entry[1] == entry[2]:
+                raise DatasetError(f"topic map entry of bag {entry[0]}: rgb and nir topic are "
+                                   f"both {entry[1]}")
+            entries.append(tuple(entry))
+        object.__setattr__(self, "topic_map", tuple(entries))
         if self.label_clock not in LABEL_CLOCKS:
             raise DatasetError(f"--label-clock must be one of {', '.join(LABEL_CLOCKS)}, got "
                                f"{self.label_clock!r}")
@@ -106,8 +151,9 @@ class BagOptions:
         sources = [x for x in (self.label_topic, self.labels_csv, self.label) if x]
         if len(sources) > 1:
             raise DatasetError("give one label source: --label-topic, --labels-csv or --label")
-        if self.max_dt_s < 0:
-            raise DatasetError(f"--max-dt must be >= 0 seconds, got {self.max_dt_s}")
+        if not math.isfinite(self.max_dt_s) or self.max_dt_s < 0:
+            raise DatasetError(f"--max-dt must be a finite number >= 0 (seconds), got "
+                               f"{self.max_dt_s}")
         if self.every < 1:
             raise DatasetError(f"--every must be >= 1, got {self.every}")
         if self.rgb_topic == self.nir_topic:
@@ -117,6 +163,94 @@ class BagOptions:
     def by_bag(self) -> bool:
         """Whether a pair's group is its bag name (``group_by="bag"`` or a splits file)."""
         return self.group_by == "bag" or self.splits is not None
+
+    def topic_entry(self, path: Path, name: str) -> tuple[str, str, str] | None:
+        """The :attr:`topic_map` entry of the bag at ``path`` (named ``name``), if any."""
+        for entry in self.topic_map:
+            if _names_bag(entry[0], path, name):
+                return entry
+        return None
+
+
+def _names_bag(entry: str, path: Path, name: str) -> bool:
+    """Whether a topic-map ``entry`` (bag name or path) designates the bag ``path``/``name``."""
+    if entry in (name, bag_name(path)):
+        return True
+    candidate = Path(entry)
+    if not candidate.exists():
+        return False
+    try:
+        return resolve_bag_path(candidate).resolve() == path
+    except BagError:
+        return False
+
+
+def split_bag_spec(spec: str) -> tuple[str, tuple[str, str] | None]:
+    """``PATH`` or ``PATH:RGB_TOPIC:NIR_TOPIC`` (a ``--bag`` value) -> path and topics.
+
+    ROS topic names hold no ``:`` and start with ``/``, so the last two ``:/...`` parts are the
+    topics; a value that exists as a path is always a path.
+    """
+    match = re.fullmatch(r"(.+?):(/[^:]*):(/[^:]*)", spec)
+    if Path(spec).exists() or not match:
+        return spec, None
+    return match.group(1), (match.group(2), match.group(3))
+
+
+def read_topic_map(path: str | Path) -> tuple[tuple[str, str, str], ...]:
+    """Per-bag topics from a CSV (header ``bag,rgb_topic,nir_topic``) or a YAML file (``.yaml``,
+    ``.yml``: ``{<bag>: {rgb_topic: ..., nir_topic: ...}}``), as :attr:`BagOptions.topic_map`.
+
+    ``bag`` is a bag name or a path; a relative path is taken from the map file's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"topic map {path} does not exist: check --topic-map")
+    text = read_text(path, "topic map")
+    example = "bag,rgb_topic,nir_topic / run1,/cam/rgb,/cam/nir"
+    rows: list[tuple[str, str, str]] = []
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        example = "run1: {rgb_topic: /cam/rgb, nir_topic: /cam/nir}"
+        try:
+            payload = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            reason = str(exc).splitlines()[0]
+            raise DatasetError(f"topic map {path} is not valid YAML ({reason}): write it as "
+                               f"{example}") from None
+        if not isinstance(payload, dict):
+            raise DatasetError(f"topic map {path} must map bags to topics, e.g. {example}")
+        for bag, topics in payload.items():
+            if not isinstance(topics, dict) or set(topics) != {"rgb_topic", "nir_topic"}:
+                raise DatasetError(f"topic map {path}: bag {bag!r} needs exactly rgb_topic and "
+                                   f"nir_topic, e.g. {example}")
+            rows.append((str(bag), str(topics["rgb_topic"]), str(topics["nir_topic"])))
+    else:
+        import csv
+        import io
+
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            fields = [f.strip() for f in reader.fieldnames or []]
+            if fields[:3] != list(TOPIC_MAP_COLUMNS):
+                raise DatasetError(f"topic map {path} needs the header "
+                                   f"{','.join(TOPIC_MAP_COLUMNS)}, got {','.join(fields)}; "
+                                   f"e.g. {example}")
+            for line, row in enumerate(reader, start=2):
+                values = [(row.get(key) or "").strip() for key in reader.fieldnames[:3]]
+                if not all(values):
+                    raise DatasetError(f"topic map {path} line {line}: needs a bag, an rgb_topic "
+                                       "and a nir_topic")
+                rows.append((values[0], values[1], values[2]))
+        except csv.Error as exc:
+            raise DatasetError(f"topic map {path} is not a readable CSV ({exc}): e.g. "
+                               f"{example}") from None
+    entries = []
+    for bag, rgb, nir in rows:
+        local = path.parent / bag
+        entries.append((str(local.resolve()) if local.exists() else bag, rgb, nir))
+    return tuple(entries)
 
 
 @dataclass(frozen=True)
@@ -157,7 +291,8 @@ def _say(progress: bool, message: str) -> None:
 
 
 def _cached(out: Path, key: str, force: bool, progress: bool) -> ExtractResult | None:
-    """The existing dataset at ``out`` when its key matches; refuse to clobber foreign folders."""
+    """The existing dataset at ``out`` when its key matches and it is whole; refuse to clobber
+    foreign folders."""
     if not out.exists():
         return None
     if (out / INFO_NAME).is_file():
@@ -166,9 +301,13 @@ def _cached(out: Path, key: str, force: bool, progress: bool) -> ExtractResult |
         except DatasetError:
             info = {}
         if info.get("cache_key") == key and (out / MANIFEST_NAME).is_file() and not force:
-            _say(progress, f"reusing cached dataset {out} ({info['counts']['pairs']} pairs): "
-                           "same input bytes and options (pass --force to rebuild)")
-            return ExtractResult(out, True, info)
+            problem = dataset_problem(out, info)
+            if problem is None:
+                _say(progress, f"reusing cached dataset {out} ({info['counts']['pairs']} pairs): "
+                               "same input bytes and options (pass --force to rebuild)")
+                return ExtractResult(out, True, info)
+            _say(progress, f"cached dataset {out} is damaged ({problem}): extracting it again")
+            return None
         if info.get("format") == DATASET_FORMAT:
             return None  # ours, but stale or forced: rebuilt and replaced
     if out.is_file() or any(out.iterdir()):
@@ -177,22 +316,27 @@ def _cached(out: Path, key: str, force: bool, progress: bool) -> ExtractResult |
     return None
 
 
-class _DatasetWriter:
-    """Builds a dataset in a temporary sibling folder and moves it into place on commit."""
+def _writer_threads(processes: int = 1) -> int:
+    """PNG writer threads per process: OpenCV releases the GIL while encoding."""
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, processes)))
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-        self.tmp.chmod(0o755)  # mkdtemp makes 0700; the dataset is an ordinary folder
-        (self.tmp / "rgb").mkdir()
-        (self.tmp / "nir").mkdir()
+
+class _PairSink:
+    """Writes pairs' images under ``root/rgb``, ``root/nir`` and collects their manifest rows."""
+
+    def __init__(self, root: Path, threads: int) -> None:
+        self.root = root
+        # Not parents=True: a worker whose dataset folder was removed (the run was stopped)
+        # must fail, not re-create it.
+        root.mkdir(exist_ok=True)
+        (root / "rgb").mkdir(exist_ok=True)
+        (root / "nir").mkdir(exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         self.dropped: list[dict[str, Any]] = []
         self.modalities: dict[str, dict[str, Any]] = {}
         # Image encoding dominates extraction time and OpenCV releases the GIL while encoding:
         # a few writer threads use the other cores. In-flight writes are bounded (memory).
-        self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=threads)
         self._writes: deque[Future] = deque()
 
     def add_pair(self, pair_id: str, rgb: np.ndarray, nir: np.ndarray, *, label: str | None,
@@ -206,7 +350,7 @@ class _DatasetWriter:
             ext = ".npy" if arr.shape[2] not in (1, 3) else ".png"
             rel = f"{modality}/{pair_id}{ext}"
             save = np.save if ext == ".npy" else write_png
-            self._writes.append(self._pool.submit(save, self.tmp / rel, arr))
+            self._writes.append(self._pool.submit(save, self.root / rel, arr))
             files[modality] = rel
         while len(self._writes) > 16:
             self._writes.popleft().result()  # re-raises a failed write
@@ -223,6 +367,9 @@ class _DatasetWriter:
                 spec["channels"] == 3 and arr.dtype == np.uint8)):
             raise DatasetError(f"{source}: visible images must be 3-channel uint8 or 1-channel, "
                                f"got {spec['channels']} channels of {spec['dtype']}")
+        self._same_format(modality, spec, source)
+
+    def _same_format(self, modality: str, spec: dict[str, Any], source: str) -> None:
         known = self.modalities.setdefault(modality, spec)
         if (known["channels"], known["dtype"]) != (spec["channels"], spec["dtype"]):
             raise DatasetError(
@@ -230,14 +377,57 @@ class _DatasetWriter:
                 f"to {spec['channels']}x{spec['dtype']}; one dataset needs one format per "
                 "modality (extract such inputs separately)")
 
-    def _finish_writes(self) -> None:
+    def finish(self) -> None:
+        """Wait for every image write (re-raising a failed one)."""
         while self._writes:
             self._writes.popleft().result()
         self._pool.shutdown()
 
+    def cancel(self) -> None:
+        """Drop the writes not started and wait for the running ones."""
+        for future in self._writes:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+class _DatasetWriter(_PairSink):
+    """Builds a dataset in a temporary sibling folder and moves it into place on commit.
+
+    The folder is ``<out>.tmp-<pid>-XXXX``: the pid tells a later run whether its owner still
+    runs (:func:`_remove_stale_temps`).
+    """
+
+    def __init__(self, out: Path, threads: int | None = None) -> None:
+        self.out = out
+        self.committed = False
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-{os.getpid()}-",
+                                        dir=out.parent))
+        except OSError as exc:
+            raise DatasetError(f"cannot create the dataset {out} ({exc.strerror} in "
+                               f"{out.parent}): choose a writable --out") from None
+        self.tmp = tmp
+        tmp.chmod(0o755)  # mkdtemp makes 0700; the dataset is an ordinary folder
+        super().__init__(tmp, _writer_threads() if threads is None else threads)
+
+    def merge(self, part: "_BagPart") -> None:
+        """Move a bag's part folder into the dataset: its pairs get the next ids, in order."""
+        for modality, spec in part.modalities.items():
+            self._same_format(modality, spec, f"bag {part.path}")
+        for row in sorted(part.rows, key=lambda r: r["id"]):
+            pair_id = f"{len(self.rows):06d}"
+            for modality in ("rgb", "nir"):
+                rel = f"{modality}/{pair_id}{Path(row[modality]).suffix}"
+                os.replace(part.root / row[modality], self.tmp / rel)
+                row[modality] = rel
+            self.rows.append({**row, "id": pair_id})
+        self.dropped += part.dropped
+        shutil.rmtree(part.root)
+
     def commit(self, info: dict[str, Any]) -> dict[str, Any]:
         """Write manifest.csv + dataset.json, then move the folder onto ``out``."""
-        self._finish_writes()
+        self.finish()
         self.rows.sort(key=lambda row: row["id"])
         labels = [row["label"] for row in self.rows]
         classes = sorted({label for label in labels if label})
@@ -255,56 +445,162 @@ class _DatasetWriter:
                         "mean_abs_dt_ns": float(dts.mean()) if dts.size else None,
                         "max_abs_dt_ns": int(dts.max()) if dts.size else None},
             "dropped": self.dropped,
+            "files": files_record(self.tmp, self.rows),
             **info,
             "created_by": f"mmkd_ros {__version__}",
         }
         write_manifest(self.tmp / MANIFEST_NAME, self.rows)
         (self.tmp / INFO_NAME).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-        if self.out.exists():
-            # A directory cannot be os.replace'd onto a non-empty one: swap via a side name.
-            old = Path(tempfile.mkdtemp(prefix=f"{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, old / "dataset")
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.tmp, self.out)
+        with _sigterm_deferred():
+            if self.out.exists():
+                # A directory cannot be os.replace'd onto a non-empty one: swap via a side name.
+                old = Path(tempfile.mkdtemp(prefix=f"{self.out.name}.old-{os.getpid()}-",
+                                            dir=self.out.parent))
+                os.replace(self.out, old / "dataset")
+                os.replace(self.tmp, self.out)
+                shutil.rmtree(old)
+            else:
+                os.replace(self.tmp, self.out)
+            self.committed = True
         return info
 
     def abort(self) -> None:
-        for future in self._writes:
-            future.cancel()
-        self._pool.shutdown(wait=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.cancel()
+        if not self.committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# One extraction per --out at a time; what killed runs left behind; SIGTERM
+
+
+@contextmanager
+def _out_lock(out: Path) -> Iterator[Path | None]:
+    """Hold ``fcntl.flock`` on ``<out>.lock`` (it holds our pid), or fail at once naming the
+    pid of the extraction that holds it. Where the folder is read-only, no lock is taken (only
+    reusing a cached dataset can work there)."""
+    lock_path = out.parent / f"{out.name}.lock"
+    fd = None
+    while fd is None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                break
+            raise DatasetError(f"cannot create the lock file {lock_path} ({exc.strerror}): "
+                               "choose a writable --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DatasetError(f"--out {out} is being extracted by another process (pid {owner}, "
+                               f"lock {lock_path}): wait for it to finish, or choose another "
+                               "--out") from None
+        try:  # the previous holder may have removed the file between our open and flock
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            fd = None
+    if fd is None:
+        yield None
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock_path
+    finally:
+        try:
+            os.unlink(lock_path)  # while still holding it: a waiter re-checks the inode
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _remove_stale_temps(out: Path, progress: bool) -> None:
+    """Remove ``<out>.tmp-<pid>-*`` / ``<out>.old-<pid>-*`` folders whose pid no longer runs
+    (left by a killed extraction). Called under the lock: no live extraction of ``out`` owns
+    them."""
+    pattern = re.compile(rf"{re.escape(out.name)}\.(?:tmp|old)-(\d+)-")
+    for path, pid in leftovers_of_dead_writers(out.parent, pattern, folders=True):
+        shutil.rmtree(path, ignore_errors=True)
+        _say(progress, f"removed {path}: the unfinished dataset of an extraction that was "
+                       f"stopped (pid {pid} no longer runs)")
+
+
+@contextmanager
+def _stop_on_sigterm(out: Path, writer: list["_DatasetWriter"]) -> Iterator[None]:
+    """SIGTERM raises :class:`ExtractionStopped` (so the temporary folder is removed on the way
+    out); only in the main thread, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        if writer and writer[0].committed:
+            raise ExtractionStopped(f"stopped by SIGTERM right after {out} was written (it is "
+                                    "complete)")
+        raise ExtractionStopped(f"stopped by SIGTERM while extracting into {out}: the "
+                                "unfinished dataset was removed, nothing was written; run the "
+                                "command again to extract")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    """Hold SIGTERM back while the dataset folder is swapped into place (a few renames)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _build(out: str | Path, key: str, force: bool, progress: bool,
            fill: Callable[[_DatasetWriter], dict[str, Any]]) -> ExtractResult:
     """Reuse a cached dataset or run ``fill`` into a fresh writer and commit it atomically."""
     out = Path(out)
-    cached = _cached(out, key, force, progress)
-    if cached:
-        return cached
-    writer = _DatasetWriter(out)
-    try:
-        extra = fill(writer)
-        if not writer.rows:
-            raise DatasetError(f"no pairs to write to {out}: nothing was extracted")
-        info = writer.commit({**extra, "cache_key": key})
-    except BaseException:
-        writer.abort()
-        raise
+    writers: list[_DatasetWriter] = []
+    with _out_lock(out), _stop_on_sigterm(out, writers):
+        _remove_stale_temps(out, progress)
+        cached = _cached(out, key, force, progress)
+        if cached:
+            return cached
+        writers.append(_DatasetWriter(out))
+        writer = writers[0]
+        try:
+            extra = fill(writer)
+            if not writer.rows:
+                raise DatasetError(f"no pairs to write to {out}: nothing was extracted")
+            info = writer.commit({**extra, "cache_key": key})
+        except BaseException:
+            writer.abort()
+            raise
     counts = info["counts"]
+    undecodable = sum(1 for d in info["dropped"] if d["reason"].startswith("undecodable"))
     _say(progress, f"wrote {out}: {counts['pairs']} pairs, {len(info['classes'])} classes, "
-                   f"{counts['unlabelled']} unlabelled, {len(info['dropped'])} frames dropped")
+                   f"{counts['unlabelled']} unlabelled, {len(info['dropped'])} frames dropped"
+                   + (f" ({undecodable} undecodable)" if undecodable else ""))
     return ExtractResult(out, False, info)
 
 
 @contextmanager
-def _progress_bar(progress: bool, total: int, desc: str) -> Iterator[Any]:
+def _progress_bar(progress: bool, total: int, desc: str, unit: str = "pair") -> Iterator[Any]:
     """A tqdm bar on a terminal only (``disable=None``: none in logs or pipes), erased on error."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="pair", disable=None if progress else True,
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=None if progress else True,
                mininterval=0.5, file=sys.stderr)
     try:
         yield bar
@@ -321,12 +617,22 @@ def _progress_bar(progress: bool, total: int, desc: str) -> Iterator[Any]:
 
 def extract_bags(bags: Sequence[str | Path], out: str | Path,
                  options: BagOptions = BagOptions(), force: bool = False,
-                 progress: bool = True) -> ExtractResult:
-    """Extract RGB/NIR pairs of one or more bags into the pair dataset at ``out``."""
+                 progress: bool = True, workers: int = 1) -> ExtractResult:
+    """Extract RGB/NIR pairs of one or more bags into the pair dataset at ``out``.
+
+    ``workers``: bags extracted at once, one worker process per bag (``0``: as many as there
+    are CPU cores, at most one per bag); the dataset is the same for every value.
+    """
     if not bags:
         raise DatasetError("no bag given: pass --bag PATH (repeatable)")
+    if workers < 0:
+        raise DatasetError(f"--workers must be >= 0 (0: one per CPU core), got {workers}")
     paths = [resolve_bag_path(bag).resolve() for bag in bags]
     names = _unique_names([p.stem if p.suffix == ".bag" else p.name for p in paths])
+    for entry in options.topic_map:
+        if not any(_names_bag(entry[0], p, n) for p, n in zip(paths, names)):
+            raise DatasetError(f"topic map entry {entry[0]!r} names none of the bags "
+                               f"({', '.join(names)}): give a bag name or path of this run")
     inputs = [{"path": str(p), "name": n, "kind": "rosbag1" if p.suffix == ".bag" else "rosbag2",
                "sha256": sha256_files(bag_files(p), p if p.is_dir() else None)}
               for p, n in zip(paths, names)]
@@ -347,22 +653,171 @@ def extract_bags(bags: Sequence[str | Path], out: str | Path,
                                    f"{splits_path}: add it there or leave the bag out")
         opts["splits"] = {"path": str(splits_path.resolve()),
                           "sha256": sha256_files([splits_path])}
+    opts["topic_map"] = [list(entry) for entry in options.topic_map]
     key_opts = dict(opts)
     if options.group_by == "segment" and options.splits is None:
-        # The defaults of the options added later stay out of the key: caches of datasets
-        # extracted before they existed remain valid.
+        # The defaults of the options added later stay out of the key.
         del key_opts["group_by"], key_opts["splits"]
-    if options.label_clock == "header":
-        del key_opts["label_clock"]  # the default; older caches stay valid
+    if options.label_clock == "auto":
+        del key_opts["label_clock"]
+    if not options.topic_map:
+        del key_opts["topic_map"]
     key = _cache_key("bags", inputs, key_opts)
+    processes = min(len(paths), workers or os.cpu_count() or 1)
 
     def fill(writer: _DatasetWriter) -> dict[str, Any]:
-        for path, name in zip(paths, names):
-            split = bag_splits[name] if bag_splits is not None else ""
-            _extract_one_bag(writer, path, name, options, progress, split)
-        return {"inputs": inputs, "options": opts, "max_dt_ns": int(options.max_dt_s * 1e9)}
+        tasks = []
+        for k, (path, name) in enumerate(zip(paths, names)):
+            entry = options.topic_entry(path, name)
+            topics = (options.rgb_topic, options.nir_topic) if entry is None else entry[1:]
+            flags = ("--rgb-topic", "--nir-topic") if entry is None else (
+                (f"the topic map entry of bag {name}",) * 2)
+            tasks.append(_BagTask(path=path, name=name, options=options,
+                                  split=bag_splits[name] if bag_splits is not None else "",
+                                  root=writer.tmp / f".part-{k:04d}", topics=topics,
+                                  flags=flags, threads=_writer_threads(processes),
+                                  progress=progress and processes == 1))
+        clocks: dict[str, str | None] = {}
+
+        def merge(part: _BagPart) -> None:
+            for message in part.messages:
+                _say(progress, message)
+            writer.merge(part)
+            clocks[part.name] = part.label_clock
+
+        _run_bag_tasks(tasks, processes, progress, merge)
+        return {"inputs": inputs, "options": opts, "label_clocks": clocks,
+                "max_dt_ns": int(options.max_dt_s * 1e9)}
 
     return _build(out, key, force, progress, fill)
+
+
+@dataclass(frozen=True)
+class _BagTask:
+    """One bag to extract into its part folder ``root`` (in this process or a worker)."""
+
+    path: Path
+    name: str
+    options: BagOptions
+    split: str
+    root: Path
+    topics: tuple[str, str]  # rgb, nir
+    flags: tuple[str, str]  # where the topics came from, for messages
+    threads: int
+    progress: bool
+
+
+@dataclass
+class _BagPart:
+    """What a bag's extraction produced: its part folder's pairs (local ids), drops, notes."""
+
+    path: Path
+    name: str
+    root: Path
+    rows: list[dict[str, Any]]
+    dropped: list[dict[str, Any]]
+    modalities: dict[str, dict[str, Any]]
+    label_clock: str | None
+    messages: list[str] = field(default_factory=list)
+
+
+def _bag_task(task: _BagTask) -> _BagPart:
+    """Extract one bag into its part folder (the unit of work of a worker process)."""
+    sink = _PairSink(task.root, task.threads)
+    messages: list[str] = []
+    try:
+        clock = _extract_one_bag(sink, task, messages)
+        sink.finish()
+    except BaseException:
+        sink.cancel()
+        raise
+    return _BagPart(task.path, task.name, task.root, sink.rows, sink.dropped, sink.modalities,
+                    clock, messages)
+
+
+def _worker_main(conn: Any, task: _BagTask) -> None:
+    """A worker process: extract one bag, send back its part (or the error it raised).
+
+    Ctrl-C and SIGTERM are the parent's to handle: it ends its workers itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_native_logs()
+    try:
+        result: tuple[str, Any] = ("ok", _bag_task(task))
+    except Exception as exc:  # raised again in the parent, which reports it
+        result = ("error", exc)
+    try:
+        try:
+            conn.send(result)
+        except (BrokenPipeError, ConnectionError):
+            raise
+        except Exception as exc:  # an error that does not pickle: send its text
+            conn.send(("error", DatasetError(f"bag {task.path}: {type(exc).__name__}: {exc}")))
+    except (BrokenPipeError, ConnectionError):
+        pass  # the parent stopped (an error in another bag, Ctrl-C, SIGTERM): nobody to tell
+    finally:
+        conn.close()
+
+
+def _run_bag_tasks(tasks: list[_BagTask], processes: int, progress: bool,
+                   merge: Callable[[_BagPart], None]) -> None:
+    """Run ``tasks`` here (one process) or in up to ``processes`` worker processes, one bag
+    each; ``merge`` gets the parts in bag order either way. An error of any bag stops the
+    others (their processes are ended) and is raised here."""
+    if processes <= 1:
+        for task in tasks:
+            merge(_bag_task(task))
+        return
+    from multiprocessing.connection import wait
+
+    # Not fork: the parent may run threads (writers, progress bars), and a forked copy of their
+    # locks can hang. A fork server is a clean process that imports this module once; each bag's
+    # worker is forked from it, so a worker starts in milliseconds, not in the second a fresh
+    # interpreter needs for NumPy, OpenCV and rosbags. Plain processes and pipes (no Pool):
+    # nothing is left to clean up when one is ended.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    running: dict[Any, tuple[int, Any]] = {}  # pipe end -> (task index, process)
+    done: dict[int, _BagPart] = {}
+    started = merged = 0
+    try:
+        with _progress_bar(progress, len(tasks), f"extracting {len(tasks)} bags with "
+                           f"{processes} workers", unit="bag") as bar:
+            while merged < len(tasks):
+                while started < len(tasks) and len(running) < processes:
+                    receive, send = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=_worker_main, args=(send, tasks[started]),
+                                       daemon=True)
+                    with _sigterm_deferred():  # a started worker is always in `running`
+                        proc.start()
+                        running[receive] = (started, proc)
+                    send.close()
+                    started += 1
+                for conn in wait(list(running)):
+                    index, proc = running.pop(conn)
+                    try:
+                        status, value = conn.recv()
+                    except EOFError:
+                        proc.join()
+                        status, value = "error", DatasetError(
+                            f"the worker extracting bag {tasks[index].path} ended without a "
+                            f"result (exit code {proc.exitcode}): run with --workers 1 to see "
+                            "why")
+                    conn.close()
+                    proc.join()
+                    if status == "error":
+                        raise value
+                    done[index] = value
+                while merged in done:
+                    merge(done.pop(merged))
+                    merged += 1
+                    bar.update(1)
+    finally:
+        for _, proc in running.values():
+            proc.terminate()  # stops the bags still being extracted
+        for conn, (_, proc) in running.items():
+            proc.join()
+            conn.close()
 
 
 def _unique_names(names: list[str]) -> list[str]:
@@ -391,18 +846,41 @@ def _label_timeline(bag: BagReader, options: BagOptions) -> tuple[LabelTimeline 
                    "--label-topic, --labels-csv or --label (or --allow-unlabelled)")
 
 
-def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: BagOptions,
-                     progress: bool, split: str = "") -> None:
-    rgb_topic, nir_topic = options.rgb_topic, options.nir_topic
+def _choose_label_clock(option: str, timeline: LabelTimeline | None,
+                        stamps: dict[str, np.ndarray], received: dict[str, np.ndarray],
+                        path: Path) -> tuple[str, str | None]:
+    """The frame time looked up in the labels ("header"/"receive") and a note when ``auto``
+    chose the receive time."""
+    if option != "auto":
+        return option, None
+    if timeline is None or timeline.clock == "header":
+        return "header", None
+    offsets = np.concatenate([stamps[t] - received[t] for t in stamps])  # header - receive
+    median = float(np.median(offsets)) if offsets.size else 0.0
+    if abs(median) <= CLOCKS_AGREE_NS:
+        return "header", None
+    return "receive", (f"note: bag {path}: its frames' header stamps run {median / 1e9:+.3f} s "
+                       "from their receive times (another clock than the recorder's): labels "
+                       "are looked up by each frame's receive time (--label-clock auto; pass "
+                       "--label-clock header to use the stamps)")
+
+
+def _extract_one_bag(sink: _PairSink, task: _BagTask, messages: list[str]) -> str | None:
+    """Pairs of one bag into ``sink`` with local ids; returns the label clock used."""
+    path, name, options, split = task.path, task.name, task.options, task.split
+    rgb_topic, nir_topic = task.topics
     max_dt_ns = int(round(options.max_dt_s * 1e9))
     with BagReader(path) as bag:
-        bag.require_image_topic(rgb_topic, "--rgb-topic")
-        bag.require_image_topic(nir_topic, "--nir-topic")
+        bag.require_image_topic(rgb_topic, task.flags[0])
+        bag.require_image_topic(nir_topic, task.flags[1])
         timeline, label_source = _label_timeline(bag, options)
         stamps, received = bag.times([rgb_topic, nir_topic])
         rgb_stamps, nir_stamps = stamps[rgb_topic], stamps[nir_topic]  # [n_rgb], [n_nir]
         # The time of each frame that is looked up in the labels (see BagOptions.label_clock).
-        label_times = received if options.label_clock == "receive" else stamps
+        clock, note = _choose_label_clock(options.label_clock, timeline, stamps, received, path)
+        if note:
+            messages.append(note)
+        label_times = received if clock == "receive" else stamps
         rgb_label_t, nir_label_t = label_times[rgb_topic], label_times[nir_topic]
         pairing = pair_nearest(rgb_stamps, nir_stamps, max_dt_ns)
         if not pairing.pairs:
@@ -424,14 +902,14 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
             kept.append((i, j, label))
         if timeline is not None and not any(label for _, _, label in kept):
             if len(timeline):
-                message = _no_label_message(bag, path, label_source, timeline, options, stamps,
-                                            received, (rgb_topic, nir_topic))
+                message = _no_label_message(bag, path, label_source, timeline, options.label_clock,
+                                            clock, stamps, received, (rgb_topic, nir_topic))
             else:
                 message = (f"no pair of bag {path} got a label from {label_source}: it holds no "
                            f"label for bag {name}; add some or pass --allow-unlabelled")
             if not options.allow_unlabelled:
                 raise BagError(message)
-            _say(progress, f"warning: {message}")
+            messages.append(f"warning: {message}")
 
         # Scene segments (groups) over the time-ordered pairs, before subsampling.
         segments, segment = [], 0
@@ -447,16 +925,15 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
             else:
                 selected.append((i, j, label,
                                  name if options.by_bag else f"{name}:{segments[k]}"))
-        writer.dropped += [{"bag": name, "topic": topic, "stamp_ns": int(stamp), "reason": reason}
-                           for topic, stamp, reason in sorted(dropped, key=lambda d: d[1])]
+        sink.dropped += [{"bag": name, "topic": topic, "stamp_ns": int(stamp), "reason": reason}
+                         for topic, stamp, reason in sorted(dropped, key=lambda d: d[1])]
 
-        first_id = len(writer.rows)
         by_rgb = {i: k for k, (i, _, _, _) in enumerate(selected)}
         by_nir = {j: k for k, (_, j, _, _) in enumerate(selected)}
         pending: dict[int, dict[str, Any]] = {}
         wanted = {rgb_topic: set(by_rgb), nir_topic: set(by_nir)}
         written, failed = 0, []  # failed: (topic, stamp, reason) of frames that do not decode
-        with _progress_bar(progress, len(selected), f"extracting {name}") as bar:
+        with _progress_bar(task.progress, len(selected), f"extracting {name}") as bar:
             for topic, index, _, array in bag.images(wanted):
                 k = by_rgb[index] if topic == rgb_topic else by_nir[index]
                 frames = pending.setdefault(k, {})
@@ -476,11 +953,11 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
                     continue
                 _check_same_scene(path, frames[rgb_topic], frames[nir_topic], rgb_topic,
                                   nir_topic, pair_stamps[rgb_topic])
-                writer.add_pair(f"{first_id + k:06d}", frames[rgb_topic], frames[nir_topic],
-                                label=label, group=group, source=str(path),
-                                rgb_stamp_ns=pair_stamps[rgb_topic],
-                                nir_stamp_ns=pair_stamps[nir_topic],
-                                topics=(rgb_topic, nir_topic), split=split)
+                sink.add_pair(f"{k:06d}", frames[rgb_topic], frames[nir_topic],
+                              label=label, group=group, source=str(path),
+                              rgb_stamp_ns=pair_stamps[rgb_topic],
+                              nir_stamp_ns=pair_stamps[nir_topic],
+                              topics=(rgb_topic, nir_topic), split=split)
                 written += 1
         if failed and not written:
             topic, stamp, reason = next(f for f in failed if f[2].startswith("undecodable"))
@@ -489,10 +966,13 @@ def _extract_one_bag(writer: _DatasetWriter, path: Path, name: str, options: Bag
                            f"stamp {stamp / 1e9:.3f} s ({reason.split(': ', 1)[1]}); re-record "
                            "or re-copy the bag")
         if failed:
-            writer.dropped += [{"bag": name, "topic": t, "stamp_ns": s, "reason": r}
-                               for t, s, r in sorted(failed, key=lambda d: d[1])]
-            _say(progress, f"warning: bag {name}: {len(failed) // 2} pair(s) dropped because a "
-                           "frame does not decode (listed in dataset.json dropped)")
+            sink.dropped += [{"bag": name, "topic": t, "stamp_ns": s, "reason": r}
+                             for t, s, r in sorted(failed, key=lambda d: d[1])]
+            first = next(f for f in failed if f[2].startswith("undecodable"))
+            messages.append(f"warning: bag {path}: {len(failed) // 2} pair(s) dropped because a "
+                            f"frame does not decode (first: topic {first[0]} at stamp "
+                            f"{first[1] / 1e9:.3f} s); listed in dataset.json dropped")
+    return None if timeline is None else clock
 
 
 def _check_same_scene(path: Path, rgb: np.ndarray, nir: np.ndarray, rgb_topic: str,
@@ -504,8 +984,8 @@ def _check_same_scene(path: Path, rgb: np.ndarray, nir: np.ndarray, rgb_topic: s
         raise BagError(
             f"bag {path}: {rgb_topic} is {rw}x{rh} but {nir_topic} is {nw}x{nh} (frame at "
             f"stamp {stamp_ns / 1e9:.3f} s), which cannot be the same scene (aspect ratios "
-            f"must agree within {int(round((MAX_ASPECT_RATIO - 1) * 100))}% and sides be at "
-            f"least {MIN_SIDE} px): pass the --rgb-topic/--nir-topic of two cameras that see "
+            f"must agree within a factor {MAX_ASPECT_RATIO:g} and sides be at least "
+            f"{MIN_SIDE} px): pass the --rgb-topic/--nir-topic of two cameras that see "
             "the same view")
 
 
@@ -516,7 +996,7 @@ def _span(values: Sequence[np.ndarray], zero: int) -> str:
 
 
 def _no_label_message(bag: BagReader, path: Path, label_source: str, timeline: LabelTimeline,
-                      options: BagOptions, stamps: dict[str, np.ndarray],
+                      option: str, clock: str, stamps: dict[str, np.ndarray],
                       received: dict[str, np.ndarray], topics: tuple[str, str]) -> str:
     """Why no frame got a label: the label and both frame clocks' ranges, and the fix."""
     zero = bag.start_ns
@@ -525,12 +1005,12 @@ def _no_label_message(bag: BagReader, path: Path, label_source: str, timeline: L
     labels = _span([np.asarray(bounds)], zero) if bounds else "all time"
     header = _span([stamps[t] for t in topics], zero)
     receive = _span([received[t] for t in topics], zero)
-    other = "receive" if options.label_clock == "header" else "header"
+    other = "receive" if clock == "header" else "header"
     return (f"no pair of bag {path} got a label from {label_source}: the labels span {labels} "
-            f"of receive time (from the bag start), the frames' header stamps span {header} and "
-            f"their receive times {receive}, and frames are labelled by their "
-            f"{options.label_clock} time; pass --label-clock {other} or fix the label times "
-            "(or --allow-unlabelled)")
+            f"of {timeline.clock} time (from the bag start), the frames' header stamps span "
+            f"{header} and their receive times {receive}, and frames are labelled by their "
+            f"{clock} time (--label-clock {option}); pass --label-clock {other} or fix the "
+            "label times (or --allow-unlabelled)")
 
 
 def _unpaired_reasons(rgb: np.ndarray, nir: np.ndarray, pairs: list[tuple[int, int]],

@@ -2,6 +2,10 @@
 
 ``mmkd_ros.data.extract`` writes ``manifest.csv`` + ``dataset.json``; ``mmkd_ros.data.dataset``
 reads them. Both go through this module so a column can never be renamed on one side only.
+
+``dataset.json["files"]`` (``{"count": n, "bytes": total}``, :func:`files_record`) records the
+image files the manifest lists, so :func:`dataset_problem` can tell a complete dataset from one
+that lost or truncated a file after extraction (the extractor checks it before reusing a cache).
 """
 from __future__ import annotations
 
@@ -77,3 +81,43 @@ def load_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{path} has version {info.get('version')!r}, this mmkd_ros reads "
                            f"version {DATASET_VERSION}: re-extract the dataset")
     return info
+
+
+def _listed_files(rows: Iterable[dict[str, Any]]) -> list[str]:
+    return [row[key] for row in rows for key in ("rgb", "nir") if row.get(key)]
+
+
+def files_record(dataset_dir: str | Path, rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """``{"count", "bytes"}`` of the image files ``rows`` list (for ``dataset.json["files"]``)."""
+    root = Path(dataset_dir)
+    files = _listed_files(rows)
+    return {"count": len(files), "bytes": sum((root / rel).stat().st_size for rel in files)}
+
+
+def dataset_problem(dataset_dir: str | Path, info: dict[str, Any]) -> str | None:
+    """What makes the dataset at ``dataset_dir`` incomplete, or ``None`` when it is whole.
+
+    Every file the manifest lists must exist; where ``info`` records ``files`` (count and total
+    bytes), they must match too, so a truncated or replaced image is noticed.
+    """
+    root = Path(dataset_dir)
+    try:
+        rows = read_manifest(root)
+    except DatasetError as exc:
+        return str(exc)
+    files = _listed_files(rows)
+    total = 0
+    for rel in files:
+        try:
+            total += (root / rel).stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+    record = info.get("files")
+    if isinstance(record, dict):
+        if record.get("count") != len(files):
+            return (f"the manifest lists {len(files)} files, dataset.json records "
+                    f"{record.get('count')}")
+        if record.get("bytes") != total:
+            return (f"its image files hold {total} bytes, dataset.json records "
+                    f"{record.get('bytes')} (a file was truncated or replaced)")
+    return None

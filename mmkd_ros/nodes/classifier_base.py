@@ -165,6 +165,7 @@ class ClassifierNode(LifecycleNode):
         self._worker: Optional[threading.Thread] = None
         self._last_input: Optional[float] = None  # time.monotonic() of the newest input message
         self._first_input: Optional[float] = None
+        self._warned_types: set[str] = set()  # input type mismatches already logged
         self._active = False  # lifecycle state active: inputs subscribed
         self._configured = False  # lifecycle state inactive or active: model loaded
         self._inputs_text = "not subscribed yet"
@@ -363,12 +364,41 @@ class ClassifierNode(LifecycleNode):
         if not self._active:
             return ["inactive (lifecycle): not subscribed to the input; activate to classify"]
         if self._last_input is None:
-            return [f"no input yet on {self._inputs_text}"]
+            return self.type_mismatches() or [f"no input yet on {self._inputs_text}"]
         age = time.monotonic() - self._last_input
         if age > self.params["stale_timeout"]:
-            return [f"no input for {age:.1f} s on {self._inputs_text} (stale_timeout "
-                    f"{self.params['stale_timeout']:g} s): check the camera or the remapping"]
+            return self.type_mismatches() or [
+                f"no input for {age:.1f} s on {self._inputs_text} (stale_timeout "
+                f"{self.params['stale_timeout']:g} s): check the camera or the remapping"]
         return []
+
+    def input_type_parameters(self) -> list[str]:
+        """The parameter choosing each input's message type, in :meth:`subscriptions_of_inputs` order."""
+        return ["input_type"]
+
+    def type_mismatches(self) -> list[str]:
+        """Inputs whose topic is published, but only with another message type than this node
+        subscribes (ROS 2 then delivers nothing and says nothing); each is logged once as a warning.
+
+        The usual case: ``input_type`` raw on a camera's ``.../compressed`` topic, or the reverse."""
+        found = []
+        for sub, param in zip(self.subscriptions_of_inputs(), self.input_type_parameters()):
+            expected = image_msg_type(self.params[param])
+            expected_name = f"sensor_msgs/msg/{expected.__name__}"
+            # Publishers only: the graph's topic types include this node's own subscription.
+            types = sorted({info.topic_type for info in self.get_publishers_info_by_topic(sub.topic_name)})
+            if not types or expected_name in types:
+                continue
+            fix = next((value for value in INPUT_TYPES if value != self.params[param]
+                        and f"sensor_msgs/msg/{image_msg_type(value).__name__}" in types), None)
+            message = (f"{sub.topic_name} is published as {', '.join(types)} but this node subscribes "
+                       f"{expected_name} ({param} {self.params[param]}), so it receives nothing: "
+                       + (f"set {param}:={fix}" if fix else "remap the input to an image topic"))
+            found.append(message)
+            if message not in self._warned_types:
+                self._warned_types.add(message)
+                self.get_logger().warning(message)
+        return found
 
     def submit(self, frame: Frame) -> None:
         """Hand a complete frame to the worker; a frame still waiting there is dropped.

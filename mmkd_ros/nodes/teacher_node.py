@@ -93,6 +93,9 @@ class TeacherNode(ClassifierNode):
     def subscriptions_of_inputs(self) -> list[Any]:
         return [self.sub_rgb, self.sub_nir]
 
+    def input_type_parameters(self) -> list[str]:
+        return ["input_type", "nir_input_type"]
+
     def describe_inputs(self) -> str:
         return (
             f"{self.sub_rgb.topic_name} ({self.params['input_type']}) + "

@@ -43,14 +43,17 @@ class ChainResult:
 def run_chain(config: Config, out_dir: str | Path, bag: str | Path | Sequence[str | Path] | None = None,
               data: str | Path | None = None, teacher: str | Path | None = None, resume: bool = False,
               split: str = "test", bag_options: BagOptions | None = None, force: bool = False,
-              given: Collection[str] = ()) -> ChainResult:
-    """Extract (if ``bag``: one bag or several), train the teacher (unless ``teacher``), distill, evaluate.
+              given: Collection[str] = (), export_onnx: bool = True) -> ChainResult:
+    """Extract (if ``bag``: one bag or several), train the teacher (unless ``teacher``), distill, export, evaluate.
 
     ``bag_options`` (default ``BagOptions()``) says how the bags are extracted, e.g. grouped and
     split by bag from a bag-splits file. ``force`` extracts again even when ``out_dir/dataset``
     holds the bags' cached extraction (the runs are trained afresh anyway unless ``resume``).
     ``given``: the config keys the user set explicitly; on ``resume`` each must agree with the
     runs' recorded configs (:func:`~mmkd_ros.train.loop.resumed_config`).
+    ``export_onnx``: write ``student/student.onnx`` beside ``student.pt`` (parity-checked against
+    PyTorch), which the student node runs without torch under ``backend:=auto``; a failed export is
+    a warning, not an error (the node then runs ``student.pt``).
     Layout of ``out_dir``: ``dataset/`` (when extracted), ``teacher/``, ``student/``, ``eval/``.
 
     Every input is checked before the first slow stage (bags exist, the teacher is a readable
@@ -91,7 +94,7 @@ def run_chain(config: Config, out_dir: str | Path, bag: str | Path | Sequence[st
         check_validation_split(resumed.get("distill", config), Path(data))
     created = not out_dir.exists()
     try:
-        return _chain(config, out_dir, bags, data, teacher, split, bag_options, force, given, resumed)
+        return _chain(config, out_dir, bags, data, teacher, split, bag_options, force, given, resumed, export_onnx)
     except BaseException:
         if created:
             _remove_empty_folders(out_dir)
@@ -100,7 +103,7 @@ def run_chain(config: Config, out_dir: str | Path, bag: str | Path | Sequence[st
 
 def _chain(config: Config, out_dir: Path, bags: list[str | Path] | None, data: str | Path | None,
            teacher: str | Path | None, split: str, bag_options: BagOptions | None, force: bool,
-           given: Collection[str], resumed: dict[str, Config]) -> ChainResult:
+           given: Collection[str], resumed: dict[str, Config], export_onnx: bool) -> ChainResult:
     with Runtime.start(resolve_device(config.device)) as runtime:
         dataset = Path(data) if data is not None else out_dir / "dataset"
         if bags:
@@ -115,6 +118,8 @@ def _chain(config: Config, out_dir: Path, bags: list[str | Path] | None, data: s
                 teacher = train_teacher(config, dataset, teacher_dir, resume="teacher" in resumed, given=given)
         student = distill(config, dataset, teacher, student_dir, resume="distill" in resumed, given=given)
         report = None
+        if runtime.is_main and export_onnx:
+            export_beside(student)
         if runtime.is_main:
             run_config = resumed.get("distill", config)  # a resumed student keeps its own method and splits
             data_cfg = run_config.data
@@ -128,6 +133,24 @@ def _chain(config: Config, out_dir: Path, bags: list[str | Path] | None, data: s
             report = out_dir / "eval" / "report.md"
         runtime.barrier()
         return ChainResult(dataset, Path(teacher), student, report)
+
+
+def export_beside(student: Path) -> Path | None:
+    """``student.onnx`` beside the ``student.pt`` checkpoint, or ``None`` (with one warning line) when
+    the export fails: the checkpoint stays usable, and ``training/export.py`` can retry."""
+    from mmkd_ros.tools.export import export_student  # deferred: imports torch.onnx (seconds)
+
+    try:
+        result = export_student(student, student.parent)
+    except Exception as exc:  # noqa: BLE001 - any exporter failure leaves the .pt to run
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        print(f"warning: {student.parent / 'student.onnx'} was not exported ({reason}); the nodes run "
+              f"{student.name}; retry with training/export.py {student}", file=sys.stderr)
+        return None
+    path = result.paths["onnx"]
+    print(f"exported {path} (max |diff| to PyTorch {result.max_abs_diff['onnx']:.1e}; the student "
+          "node runs it without torch)", file=sys.stderr)
+    return path
 
 
 def _remove_empty_folders(root: Path) -> None:

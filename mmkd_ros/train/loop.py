@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mmkd_ros.core import artifact
-from mmkd_ros.core.atomic import atomic_path
+from mmkd_ros.core.atomic import atomic_path, remove_stale_temps
 from mmkd_ros.core.errors import CheckpointError, ConfigError, DatasetError
 from mmkd_ros.core.metrics import classification_metrics
 from mmkd_ros.train import config as config_lib
@@ -121,6 +121,8 @@ def fit(recipe: Recipe, train_loader: DataLoader, config: Config, epochs: int, o
         set_rng_state(train_state["rng"][min(runtime.rank, len(train_state["rng"]) - 1)])
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temps(out_dir):
+            print(f"removed {stale}: a half-written file of a run that was killed", file=sys.stderr)
         config_lib.dump(config, out_dir / "config.yaml")
         log = EpochLog(out_dir, start_epoch)
     end_epoch = epochs if stop_after is None else min(stop_after, epochs)

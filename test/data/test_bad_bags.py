@@ -267,16 +267,39 @@ def device_clock_bag(path):
     return write_bag(path, count=4, receive_offset_ns=-360 * 10**9)
 
 
+def test_labels_on_another_clock_are_matched_by_default(tmp_path):
+    bag = device_clock_bag(tmp_path / "bag")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("start_s,end_s,label\n0,0.25,table\n0.25,1,chair\n")
+    out = tmp_path / "pairs"
+    result = run_extract(*cli_args(bag, out, "--labels-csv", csv_path))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "+360.000 s from their receive times" in notes[0]
+    info = load_dataset_info(out)
+    assert info["counts"]["per_class"] == {"chair": 1, "table": 3}
+    assert info["label_clocks"] == {"bag": "receive"}
+    # The same clock (latency only): auto compares labels with the header stamps.
+    same = write_bag(tmp_path / "same", count=4, receive_offset_ns=8 * MS)
+    info = extract_bags([same], tmp_path / "p2", BagOptions(labels_csv=str(csv_path), **TOPICS),
+                        progress=False).info
+    assert info["label_clocks"] == {"same": "header"}
+    # CSV zero = the first receive time, 8 ms after the first frame's stamp: that frame is
+    # before every label (a stamp lookup; by receive time all four would match).
+    assert info["counts"]["per_class"] == {"chair": 1, "table": 2}
+
+
 def test_labels_on_another_clock_name_both_ranges_and_the_fix(tmp_path):
     bag = device_clock_bag(tmp_path / "bag")
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("start_s,end_s,label\n0,1,table\n")
     out = tmp_path / "pairs"
     assert_one_error_line(
-        run_extract(*cli_args(bag, out, "--labels-csv", csv_path)), out,
+        run_extract(*cli_args(bag, out, "--labels-csv", csv_path, "--label-clock", "header")),
+        out,
         r"the labels span 0\.000\.\.1\.000 s of receive time .* header stamps span "
-        r"360\.000\.\.360\.305 s and their receive times 0\.000\.\.0\.305 s.*--label-clock "
-        r"receive")
+        r"360\.000\.\.360\.305 s and their receive times 0\.000\.\.0\.305 s.*"
+        r"--label-clock header\); pass --label-clock receive")
     result = run_extract(*cli_args(bag, out, "--labels-csv", csv_path, "--label-clock",
                                    "receive"))
     assert result.returncode == 0, result.stderr
@@ -290,7 +313,7 @@ def test_unmatched_labels_with_allow_unlabelled_warn_in_one_line(tmp_path, capsy
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("start_s,end_s,label\n0,1,table\n")
     info = extract_bags([bag], tmp_path / "pairs", BagOptions(
-        labels_csv=str(csv_path), allow_unlabelled=True, **TOPICS)).info
+        labels_csv=str(csv_path), allow_unlabelled=True, label_clock="header", **TOPICS)).info
     assert info["counts"]["unlabelled"] == 4
     warnings = [line for line in capsys.readouterr().err.splitlines()
                 if line.startswith("warning: ")]
@@ -298,8 +321,8 @@ def test_unmatched_labels_with_allow_unlabelled_warn_in_one_line(tmp_path, capsy
 
 
 def test_label_clock_is_checked_and_documented(tmp_path):
-    with pytest.raises(DatasetError, match="--label-clock must be one of header, receive"):
+    with pytest.raises(DatasetError, match="--label-clock must be one of auto, header, receive"):
         BagOptions(label_clock="wall")
     help_text = run_extract("--help").stdout
-    assert "--label-clock {header,receive}" in help_text and "receive clock" in help_text
-    assert json.dumps(BagOptions().label_clock) == '"header"'
+    assert "--label-clock {auto,header,receive}" in help_text and "receive clock" in help_text
+    assert json.dumps(BagOptions().label_clock) == '"auto"'

@@ -36,20 +36,25 @@ def test_realsense_colour_and_depth_extract(tmp_path, name):
     assert [d["topic"] for d in info["dropped"]] == [DEPTH]  # the second depth frame
 
 
-def test_realsense_csv_labels_need_the_receive_clock(tmp_path):
-    """Header stamps start near 360.7 s, receive time at 0: a CSV 0,1 labels by receive time."""
-    bag = FOREIGN / REALSENSE[0]
+@pytest.mark.parametrize("name", REALSENSE)
+def test_realsense_csv_labels_on_the_receive_clock(tmp_path, name):
+    """Header stamps start near 360.7 s, receive time at 0: a CSV 0,1 labels by receive time,
+    which the default --label-clock auto finds; --label-clock header names both ranges."""
+    bag = FOREIGN / name
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("start_s,end_s,label\n0,1,table\n")
     out = tmp_path / "pairs"
     args = ["--bag", bag, "--out", out, "--rgb-topic", COLOR, "--nir-topic", DEPTH,
             "--max-dt", "0.2", "--labels-csv", csv_path]
-    assert_one_error_line(run_extract(*args), out,
-                          r"labels span 0\.000\.\.1\.000 s of receive time .* header stamps span "
-                          r"360\.\d+\.\.360\.\d+ s .*pass --label-clock receive")
-    ok = run_extract(*args, "--label-clock", "receive")
+    ok = run_extract(*args)
     assert ok.returncode == 0, ok.stderr
+    assert "another clock than the recorder's" in ok.stderr
     assert load_dataset_info(out)["counts"]["per_class"] == {"table": 1}
+    header = tmp_path / "header"
+    assert_one_error_line(run_extract(*args[:3], header, *args[4:], "--label-clock", "header"),
+                          header, r"labels span 0\.000\.\.1\.000 s of receive time .* header "
+                                  r"stamps span 360\.\d+\.\.360\.\d+ s .*pass --label-clock "
+                                  r"receive")
 
 
 def test_ros_numpy_rgb_and_2x2_png_are_refused(tmp_path):

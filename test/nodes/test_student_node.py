@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 NODE = "/student"
 INPUT = "/test_camera/image_raw"
 COMPRESSED_INPUT = "/test_camera/image_raw/compressed"
+ONLY_COMPRESSED = "/other_camera/image_raw/compressed"  # published as CompressedImage only
 SIM_TIME_S = 4242
 
 
@@ -77,12 +78,20 @@ def student(colcon_install, student_ckpt, client, node_logs):
         "warmup_frames:=0",
     ]
     compressed_node = NodeProcess(colcon_install, "student_node", compressed_args, node_logs)
+    # A third node left at input_type raw on a topic that carries CompressedImage only.
+    client.publisher(CompressedImage, ONLY_COMPRESSED, depth=1)
+    mistyped_args = ["-r", "__node:=student_raw", "-r", f"image:={ONLY_COMPRESSED}", "-p",
+                     f"model_path:={student_ckpt}", "-p", "device:=cpu", "-p", "warmup_frames:=0",
+                     "-p", "diagnostics_period:=0.2"]
+    mistyped_node = NodeProcess(colcon_install, "student_node", mistyped_args, node_logs)
     publisher = client.publisher(Image, INPUT, depth=1)
     clock = client.publisher(Clock, "/clock", depth=1)
     assert wait_for_subscribers(publisher, timeout=60), node.output()
     clock.publish(Clock(clock=Time(sec=SIM_TIME_S)))
-    yield node, publisher, clock, compressed_node
-    compressed_node.interrupt()  # both exit side by side (interpreter teardown takes a second or two)
+    yield node, publisher, clock, compressed_node, mistyped_node
+    compressed_node.interrupt()  # they exit side by side (interpreter teardown takes a second or two)
+    mistyped_node.interrupt()
+    assert mistyped_node.stop() == 0, mistyped_node.output()
     assert compressed_node.stop() == 0, compressed_node.output()
     assert node.stop() == 0, node.output()
 
@@ -111,7 +120,7 @@ def _classify(client, publisher, msg, timeout: float = 10.0) -> dict:
 
 
 def test_classifications_match_inference_classifier(student, client, student_ckpt) -> None:
-    node, publisher, _, _ = student
+    node, publisher, _, _, _ = student
     reference = Classifier.load(student_ckpt, device="cpu")
     client.subscribe(Image, f"{NODE}/image_annotated")
     for i, array in enumerate(frames(4)):
@@ -138,7 +147,7 @@ def test_classifications_match_inference_classifier(student, client, student_ckp
 
 
 def test_annotated_image_has_input_size_and_header(student, client) -> None:
-    _, publisher, _, _ = student
+    _, publisher, _, _, _ = student
     topic = f"{NODE}/image_annotated"
     wait_for_subscribers(publisher)
     stamp_ns = 3_000_000_000 + 77
@@ -168,7 +177,7 @@ def _diagnostic_value(client, key: str) -> int:
 
 
 def test_bad_frames_are_counted_and_survived(student, client) -> None:
-    node, publisher, _, _ = student
+    node, publisher, _, _, _ = student
     good = frames(1, seed=5)[0]
     truncated = image_msg(good, "rgb8", 5_000_000_000)
     truncated.data = good.tobytes()[:1000]
@@ -197,7 +206,7 @@ def test_bad_frames_are_counted_and_survived(student, client) -> None:
 
 
 def test_diagnostics_under_sim_time(student, client) -> None:
-    _, _, clock, _ = student
+    _, _, clock, _, _ = student
     clock.publish(Clock(clock=Time(sec=SIM_TIME_S)))
 
     def ours():
@@ -226,7 +235,7 @@ def test_diagnostics_under_sim_time(student, client) -> None:
 
 def test_stale_frames_are_dropped_not_queued(student, client) -> None:
     """A burst faster than inference: frames are skipped (and counted), never queued behind."""
-    _, publisher, _, _ = student
+    _, publisher, _, _, _ = student
     topic = f"{NODE}/classification"
     client.clear(topic)
     burst = [image_msg(a, "rgb8", 6_000_000_000 + i) for i, a in enumerate(frames(40, seed=9))]
@@ -306,3 +315,22 @@ def test_compressed_input(student, client, student_ckpt) -> None:
     content = json.loads(out[0].data)
     expected = Classifier.load(student_ckpt, device="cpu").predict({"rgb": array})
     assert list(content["scores"].values()) == pytest.approx(expected.scores, abs=1e-5)
+
+
+def test_raw_input_on_a_compressed_topic_says_so(student, client) -> None:
+    """ROS 2 delivers nothing to a subscription of the wrong type, silently: the node names the
+    topic's type and the parameter that fixes it, in /diagnostics and once in its log."""
+    node = student[4]
+    expected = (f"{ONLY_COMPRESSED} is published as sensor_msgs/msg/CompressedImage but this node "
+                "subscribes sensor_msgs/msg/Image (input_type raw), so it receives nothing: set "
+                "input_type:=compressed")
+
+    def warned():
+        for diag in reversed(client.messages("/diagnostics")):
+            for status in diag.status:
+                if status.name.endswith("/student_raw"):
+                    return status.message
+        return None
+
+    assert wait_until(lambda: warned() == expected, 60.0), (warned(), node.output())
+    assert wait_until(lambda: node.output().count(expected) == 1, 10.0), node.output()

@@ -23,16 +23,26 @@ def test_chain_from_a_dataset_then_evaluate_and_export(tiny_dataset, tmp_path, c
     kd_overrides = [o for o in TINY_OVERRIDES if not o.startswith(("distill.disc_", "distill.method"))]
     assert run_cli(script("distill").main, ["--data", str(tiny_dataset), "--out", str(out), "--method", "kd",
                                             "--seed", "1", *kd_overrides]) == 0
-    assert "report:" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "report:" in captured.out
     teacher, student = out / "teacher" / "teacher.pt", out / "student" / "student.pt"
+    # The chain exports the student beside its checkpoint, for the torch-free node.
+    onnx = student.with_suffix(".onnx")
+    assert f"exported {onnx}" in captured.err
+    from mmkd_ros.deploy.classifier import Classifier
+
+    exported, original = Classifier.load(onnx), Classifier.load(student, device="cpu")
+    assert exported.backend == "onnxruntime" and exported.classes == original.classes
     assert run_cli(script("evaluate").main, ["--data", str(tiny_dataset), "--out", str(tmp_path / "eval"),
                                              f"t={teacher}", f"s={student}"]) == 0
     assert "| s | rgb |" in (tmp_path / "eval" / "report.md").read_text()
     assert run_cli(script("export").main, [str(student), "--out", str(tmp_path / "export")]) == 0
     assert "parity max |diff|" in capsys.readouterr().out
     # --resume of a finished chain reuses the teacher and the student (no epoch left to run)
+    exported_ns = onnx.stat().st_mtime_ns
     assert run_cli(script("distill").main, ["--data", str(tiny_dataset), "--out", str(out), "--resume",
-                                            "--method", "kd", *kd_overrides]) == 0
+                                            "--method", "kd", "--no-onnx", *kd_overrides]) == 0
+    assert onnx.stat().st_mtime_ns == exported_ns and "exported" not in capsys.readouterr().err
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
