@@ -192,7 +192,7 @@ class Bench:
             stamp_ns = content["header"]["stamp"]["sec"] * 10**9 + content["header"]["stamp"]["nanosec"]
             # perf_counter arrival -> wall clock (same offset for all samples of a run)
             arrival_wall = time.time_ns() - int((time.perf_counter() - arrival_perf) * 1e9)
-            out.append((arrival_wall, stamp_ns, content["latency_ms"]))
+            out.append((arrival_wall, stamp_ns, content["in_node_ms"]))
         return out
 
 
@@ -400,7 +400,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"Input 640x480 rgb8 (+ 640x480 mono16 NIR, same stamps, for the teacher), model input "
         f"{info['input_size'][0]}x{info['input_size'][1]}. Student: {info['student']}. Teacher: {info['teacher']}.",
         "Latency = classification arrival - frame header stamp (decode, resize, inference, publish, both DDS "
-        "hops); in node = the node's own receive -> publish time (``latency_ms`` of the output); predict() "
+        "hops); in node = the node's own receive -> publish time (``in_node_ms`` of the output, beside ``latency_ms``, the node's own stamp -> publish figure); predict() "
         "alone = ``Classifier.predict`` on one frame in the bench process (torch: 1 thread), before the nodes "
         "start.",
         "Held = highest rate of the ladder "

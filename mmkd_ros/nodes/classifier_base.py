@@ -35,7 +35,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import CompressedImage, Image
 
 from mmkd_ros.core.errors import MmkdError
-from mmkd_ros.data.ros_images import msg_to_array
+from mmkd_ros.data.ros_images import msg_to_array, stamp_to_ns
 from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.nodes import outputs
 from mmkd_ros.nodes.common import (
@@ -428,7 +428,8 @@ class ClassifierNode(LifecycleNode):
         except (MmkdError, ValueError, TypeError, RuntimeError) as exc:
             self.bad_frame(str(exc))
             return
-        latency_ms = (time.perf_counter() - frame.received) * 1000.0
+        in_node_ms = (time.perf_counter() - frame.received) * 1000.0  # receive -> now
+        since_stamp_ms = (self.get_clock().now().nanoseconds - stamp_to_ns(frame.header.stamp)) / 1e6
         content = outputs.classification_content(
             frame.header,
             prediction.class_index,
@@ -437,10 +438,11 @@ class ClassifierNode(LifecycleNode):
             prediction.scores,
             self.classifier.classes,
             self.model_file.name,
-            latency_ms,
+            since_stamp_ms,
+            in_node_ms,
         )
         self.pub_class.publish(self._to_msg(content))
-        self.stats.record(latency_ms)
+        self.stats.record(in_node_ms)  # /diagnostics: the node's own share (no clock offsets)
         if self.params["publish_annotated"] and self.pub_annotated.get_subscription_count() > 0:
             self.pub_annotated.publish(
                 outputs.annotated_image(arrays["rgb"], frame.header, prediction.label, prediction.score)

@@ -34,12 +34,16 @@ def classification_content(
     classes: Sequence[str],
     model: str,
     latency_ms: float,
+    in_node_ms: float,
 ) -> dict[str, Any]:
     """Everything a consumer needs about one classified frame, as JSON-ready builtins.
 
     ``header`` is the input image's header (stamp and frame of the pixels, not of the
     computation), ``scores`` are the probabilities of all ``classes`` in class order, ``model`` is
-    the model file's name and ``latency_ms`` the time from receiving the frame to publishing.
+    the model file's name. ``latency_ms`` is measured from the frame's header stamp (capture time,
+    on the node's clock: sim time under ``use_sim_time``) to publishing, so it includes the camera
+    driver and the transport; ``in_node_ms`` is the node's own share, from receiving the frame to
+    publishing (decode, preprocessing, inference).
     """
     if len(scores) != len(classes):
         raise ValueError(f"{len(scores)} scores for {len(classes)} classes")
@@ -54,6 +58,7 @@ def classification_content(
         "scores": {str(name): float(s) for name, s in zip(classes, scores)},
         "model": str(model),
         "latency_ms": float(latency_ms),
+        "in_node_ms": float(in_node_ms),
     }
 
 
@@ -153,7 +158,8 @@ def diagnostics(
 ) -> DiagnosticArray:
     """One ``DiagnosticStatus`` for a classifier node.
 
-    ``stats`` is :meth:`FrameStats.snapshot` (latency p50/p95 in ms, output rate, counters),
+    ``stats`` is :meth:`FrameStats.snapshot` (in-node latency p50/p95 in ms, receive -> publish;
+    output rate, counters),
     ``dropped`` counts frames replaced before inference plus those lost in the middleware,
     ``hardware_id`` is the inference device. Level WARN until the first frame is classified, so a
     wrong topic remapping shows up in rqt_robot_monitor instead of looking healthy, and WARN with

@@ -179,11 +179,14 @@ class LiveScore:
 
 
 def _content(msg: Any) -> tuple[int, str, float]:
-    """(stamp_ns, label, latency_ms) of a ~/classification message, JSON fallback or vision_msgs."""
+    """(stamp_ns, label, in-node ms) of a ~/classification message, JSON fallback or vision_msgs.
+
+    The node's own receive -> publish time (``in_node_ms``): a replayed bag's header stamps are
+    the recording's, so ``latency_ms`` (from the stamp) would count the time since recording."""
     if hasattr(msg, "data"):  # std_msgs/String carrying the JSON content
         content = json.loads(msg.data)
         stamp = content["header"]["stamp"]
-        return stamp["sec"] * 1_000_000_000 + stamp["nanosec"], content["label"], content["latency_ms"]
+        return stamp["sec"] * 1_000_000_000 + stamp["nanosec"], content["label"], content["in_node_ms"]
     best = msg.results[0]  # vision_msgs/Classification: hypotheses best first, no latency field
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, best.class_id, float("nan")
 

@@ -40,6 +40,7 @@ def content(**overrides):
         classes=CLASSES,
         model="student.pt",
         latency_ms=4.5,
+        in_node_ms=3.0,
     )
     args.update(overrides)
     return outputs.classification_content(**args)
@@ -49,12 +50,13 @@ def test_content_is_json_ready_and_complete() -> None:
     c = content()
     assert c == json.loads(json.dumps(c))
     assert c["header"] == {"stamp": {"sec": 12, "nanosec": 345}, "frame_id": "camera_color_optical_frame"}
-    assert (c["class_id"], c["label"], c["score"], c["model"], c["latency_ms"]) == (
+    assert (c["class_id"], c["label"], c["score"], c["model"], c["latency_ms"], c["in_node_ms"]) == (
         1,
         "water",
         0.7,
         "student.pt",
         4.5,
+        3.0,
     )
     assert c["scores"] == {"soil": 0.2, "water": 0.7, "asphalt": 0.1}
     with pytest.raises(ValueError):
