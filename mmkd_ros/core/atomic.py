@@ -86,16 +86,6 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
-    for entry in sorted(folder.iterdir()):
-        match = _TEMP_NAME.match(entry.name)
-        if not match or not entry.is_file():
-            continue
-        pid = int(match.group(1))
-        if pid == os.getpid() or pid_alive(pid):
-            continue
-        entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
 
 
 def write_atomic(path: str | Path, content: str | bytes) -> Path:

@@ -381,16 +381,17 @@ class ClassifierNode(LifecycleNode):
         subscribes (ROS 2 then delivers nothing and says nothing); each is logged once as a warning.
 
         The usual case: ``input_type`` raw on a camera's ``.../compressed`` topic, or the reverse."""
+        def type_name(input_type: str) -> str:
+            return f"sensor_msgs/msg/{image_msg_type(input_type).__name__}"
+
         found = []
         for sub, param in zip(self.subscriptions_of_inputs(), self.input_type_parameters()):
-            expected = image_msg_type(self.params[param])
-            expected_name = f"sensor_msgs/msg/{expected.__name__}"
+            expected_name = type_name(self.params[param])
             # Publishers only: the graph's topic types include this node's own subscription.
             types = sorted({info.topic_type for info in self.get_publishers_info_by_topic(sub.topic_name)})
             if not types or expected_name in types:
                 continue
-            fix = next((value for value in INPUT_TYPES if value != self.params[param]
-                        and f"sensor_msgs/msg/{image_msg_type(value).__name__}" in types), None)
+            fix = next((value for value in INPUT_TYPES if type_name(value) in types), None)
             message = (f"{sub.topic_name} is published as {', '.join(types)} but this node subscribes "
                        f"{expected_name} ({param} {self.params[param]}), so it receives nothing: "
                        + (f"set {param}:={fix}" if fix else "remap the input to an image topic"))
