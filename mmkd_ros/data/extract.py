@@ -735,13 +735,27 @@ def _bag_task(task: _BagTask) -> _BagPart:
                     clock, messages)
 
 
+def _worker_setup() -> None:
+    """What a worker process sets up before its bag.
+
+    Ctrl-C is the parent's to handle. tqdm's default lock is a multiprocessing semaphore,
+    registered with the resource tracker in a fork-server child; a worker the parent ends would
+    leave it there, and the tracker then warns on the user's terminal. A thread lock is all one
+    bag's progress needs.
+    """
+    from tqdm import tqdm
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_native_logs()
+    tqdm.set_lock(threading.RLock())
+
+
 def _worker_main(conn: Any, task: _BagTask) -> None:
     """A worker process: extract one bag, send back its part (or the error it raised).
 
     Ctrl-C and SIGTERM are the parent's to handle: it ends its workers itself.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    quiet_native_logs()
+    _worker_setup()
     try:
         result: tuple[str, Any] = ("ok", _bag_task(task))
     except Exception as exc:  # raised again in the parent, which reports it
