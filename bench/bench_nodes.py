@@ -116,6 +116,9 @@ class Bench:
         self.client, self.role, self.node = client, role, node
         self.out_topic = f"/bench_{role}/classification"
         client.subscribe(String, self.out_topic)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        client.subscribe(DiagnosticArray, "/diagnostics")
         if annotated:
             client.subscribe(Image, f"/bench_{role}/image_annotated", qos=_best_effort_qos())
         self.rgb_pub = client.publisher(Image, f"/bench/{role}/rgb", depth=1, reliable=False)
@@ -146,6 +149,8 @@ class Bench:
         self.client.clear(self.out_topic)
         period = 1.0 / rate
         sent: dict[int, float] = {}
+        publish_ms: list[float] = []
+        self.client.clear("/diagnostics")
         start = time.perf_counter()
         k = 0
         while True:
@@ -165,6 +170,7 @@ class Bench:
                 nir.header.stamp.sec, nir.header.stamp.nanosec = stamp
                 self.nir_pub.publish(nir)
             sent[stamp_ns] = time.perf_counter()
+            publish_ms.append((time.time_ns() - stamp_ns) / 1e6)  # the camera side's publish()
             k += 1
         achieved = k / (time.perf_counter() - start)
         time.sleep(1.0)  # the tail
@@ -182,7 +188,18 @@ class Bench:
             "drop": 1.0 - got / max(1, len(sent)),
             "latencies": latencies,
             "in_node": in_node,
+            "publish_ms": publish_ms,
+            "stages": self._stages(),
         }
+
+    def _stages(self) -> dict[str, float]:
+        """The node's last /diagnostics stage p50s (ms): wait, decode, predict, publish."""
+        for msg in reversed(self.client.messages("/diagnostics")):
+            for status in msg.status:
+                if f"bench_{self.role}" in status.name:
+                    return {kv.key[len("stage_"):-len("_p50_ms")]: float(kv.value)
+                            for kv in status.values if kv.key.startswith("stage_")}
+        return {}
 
     def _outputs(self) -> list[tuple[int, int, float]]:
         """(arrival wall ns, frame stamp ns, the node's own receive->publish latency in ms)."""
@@ -196,15 +213,21 @@ class Bench:
         return out
 
 
+STAGES = ("wait", "decode", "predict", "publish")  # the node's /diagnostics stage_*_p50_ms
+
+
 def _best_effort_qos() -> Any:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     return QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
-def predict_baseline(model: Path, role: str, repeats: int = 50) -> float:
-    """Median ms of ``Classifier.predict`` on one 640x480 frame in this process, 1 thread:
-    the model's share of the node latency (the rest is ROS: decode, copies, DDS, JSON)."""
+def predict_baseline(model: Path, role: str, repeats: int = 50, rate: float = 0.0) -> float:
+    """Median ms of ``Classifier.predict`` on a 640x480 frame in this process, 1 thread:
+    the model's share of the node latency (the rest is ROS: decode, copies, DDS, JSON).
+
+    ``rate`` 0: back to back on one frame (hot caches, the CPU busy); else one call per
+    ``1/rate`` s on 4 frames in turn, as the node sees a camera (the CPU idles in between)."""
     import torch
 
     from mmkd_ros.deploy.classifier import Classifier
@@ -212,14 +235,19 @@ def predict_baseline(model: Path, role: str, repeats: int = 50) -> float:
     torch.set_num_threads(1)
     classifier = Classifier.load(model, device="cpu", cpu_threads=1)  # as the node: one thread
     rng = np.random.default_rng(0)
-    frame = {"rgb": rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)}
-    if role == "teacher":
-        frame["nir"] = rng.integers(0, 65536, (HEIGHT, WIDTH, 1), dtype=np.uint16)
+    frames = []
+    for _ in range(1 if rate <= 0 else 4):
+        frame = {"rgb": rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)}
+        if role == "teacher":
+            frame["nir"] = rng.integers(0, 65536, (HEIGHT, WIDTH, 1), dtype=np.uint16)
+        frames.append(frame)
     classifier.warmup(3)
     times = []
-    for _ in range(repeats):
+    for k in range(repeats):
+        if rate > 0:
+            time.sleep(1.0 / rate)
         start = time.perf_counter()
-        classifier.predict(frame)
+        classifier.predict(frames[k % len(frames)])
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -348,6 +376,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
     )
     baseline = {str(model): predict_baseline(model, role) for _, role, model, _ in variants}
+    spaced = {str(model): predict_baseline(model, role, repeats=60, rate=args.latency_rate)
+              for _, role, model, _ in variants}
     prepare_ms = prepare_baseline(tuple(info["input_size"]))
     load_before = os.getloadavg()
     client = ros_testing.RosClient("bench_nodes")
@@ -379,9 +409,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         held = "-" if r.get("held") is None else f"{r['held']:g} Hz"
         outside = [t - n for t, n in zip(lat, in_node)]
         forward = baseline[str(r["model"])]
+        stages = r["latency"]["stages"]
+        stage_text = " / ".join(f"{stages.get(k, float('nan')):.2f}" for k in STAGES)
         return (
             f"| {label} | {r['rate']:g} Hz | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {pct(in_node, 50):.1f} | "
-            f"{pct(outside, 50):.1f} | {forward:.1f} | {pct(lat, 50) / forward:.1f}x | "
+            f"{stage_text} | {pct(outside, 50):.1f} | {pct(r['latency']['publish_ms'], 50):.2f} | "
+            f"{forward:.1f} | {spaced[str(r['model'])]:.1f} | "
             f"{100 * r['latency']['drop']:.1f} % | {r['latency']['rss_mb']:.0f} | {held} |"
         )
 
@@ -406,21 +439,27 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"Latency run: {args.latency_seconds:g} s at the rate given per row "
         f"({args.latency_seconds * args.latency_rate:.0f} frames at {args.latency_rate:g} Hz). "
         "Latency = classification arrival - frame header stamp (decode, resize, inference, publish, both DDS "
-        "hops); in node = the node's own receive -> publish time (``in_node_ms`` of the output, beside ``latency_ms``, the node's own stamp -> publish figure); predict() "
-        "alone = ``Classifier.predict`` on one frame in the bench process (torch: 1 thread), before the nodes "
-        "start.",
+        "hops); in node = the node's own receive -> result time (``in_node_ms`` of the output, beside "
+        "``latency_ms``, the node's own stamp -> result figure); predict() alone = ``Classifier.predict`` "
+        "in the bench process (torch: 1 thread), before the nodes start.",
         "Held = highest rate of the ladder "
         + ", ".join(f"{r}" for r in RATES)
         + f" Hz ({args.seconds:g} s each) with under 1 % frames unclassified and the publisher on time.",
         "",
-        "Breakdown: in node = the node's receive -> publish (decode, preprocess, inference, JSON); outside = "
-        "latency - in node (DDS in and out, the executor's wait, the client's own callback); predict() alone "
-        "is the model's cost; ratio = latency p50 / predict() alone. RSS = the node process's resident "
-        "memory after the latency run.",
+        "Breakdown: in node = the node's receive -> result (``in_node_ms``); its stages, p50 of each from "
+        "the node's /diagnostics (``stage_*_p50_ms``): wait = receive -> the inference worker takes the "
+        "frame, decode = message -> array, predict = ``Classifier.predict`` (resize, normalise, forward), "
+        "publish = building and publishing the classification (after ``in_node_ms`` is taken); outside = "
+        "latency - in node (the camera side's publish(), DDS in and out, the executor's wake-up, the "
+        "client's callback); camera publish() = the bench's own ``publish()`` call of the 900 KB frame, "
+        "inside outside. predict() alone: back to back on one frame (hot caches, busy CPU) and at the "
+        "latency run's rate on 4 frames in turn (the CPU idles between frames, as in the node). RSS = "
+        "the node process's resident memory after the latency run.",
         "",
-        "| node | latency run | p50 (ms) | p99 (ms) | in node p50 (ms) | outside p50 (ms) | predict() alone (ms) "
-        "| p50 / predict() | unclassified | RSS (MB) | held |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| node | latency run | p50 (ms) | p99 (ms) | in node p50 (ms) | wait / decode / predict / publish "
+        "p50 (ms) | outside p50 (ms) | camera publish() p50 (ms) | predict() alone, back to back (ms) "
+        f"| predict() alone at {args.latency_rate:g} Hz (ms) | unclassified | RSS (MB) | held |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *[row(label) for label in results],
         "",
         f"Sustainable rate, student / teacher: {ratios}.",
@@ -441,6 +480,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         lat, in_node = r["latency"]["latencies"], r["latency"]["in_node"]
         p50, p99, rss = pct(lat, 50), pct(lat, 99), r["latency"]["rss_mb"]
         drop = 100 * r["latency"]["drop"]
+        stages = r["latency"]["stages"]
 
         def verdict(value: float, goal: float, unit: str) -> str:
             return f"{value:.1f} {unit} ({'meets' if value <= goal else 'MISSES'} the {goal:g} {unit} goal)"
@@ -450,12 +490,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"Against the robot-side goals (the ONNX student node at {r['rate']:g} Hz, 640x480 rgb8, "
             f"this {cores}-core machine): p50 {verdict(p50, 5, 'ms')}, p99 {verdict(p99, 10, 'ms')}, "
             f"RSS {verdict(rss, 250, 'MB')}, {verdict(drop, 1, '%')} unclassified. Where its "
-            f"{p50:.1f} ms go: predict() {baseline[str(r['model'])]:.1f} ms, of it "
-            f"{prepare_ms:.2f} ms the torch-free resize + normalise of the full frame "
-            "(`prepare_array`, measured alone), the rest the forward pass; "
-            f"{pct(in_node, 50) - baseline[str(r['model'])]:.1f} ms more in the node (message "
-            f"decode, JSON, publish); {pct([t - n for t, n in zip(lat, in_node)], 50):.1f} ms "
-            "outside the node (two DDS hops and the executor's wake-up).",
+            f"{p50:.1f} ms go (p50 of each part): in the node {pct(in_node, 50):.1f} ms = "
+            + ", ".join(f"{k} {stages.get(k, float('nan')):.2f}" for k in STAGES[:3])
+            + f" ms; predict() is {spaced[str(r['model'])]:.1f} ms at {r['rate']:g} Hz in the bench "
+            f"process too, against {baseline[str(r['model'])]:.1f} ms back to back (of which "
+            f"{prepare_ms:.2f} ms the torch-free resize + normalise of the full frame, "
+            "`prepare_array` alone): between frames the CPU idles and the next frame meets cold "
+            f"caches and clocks. After it, publish {stages.get('publish', float('nan')):.2f} ms. "
+            f"Outside the node {pct([t - n for t, n in zip(lat, in_node)], 50):.1f} ms, of it "
+            f"{pct(r['latency']['publish_ms'], 50):.2f} ms the camera side's own publish() of the "
+            "frame; the rest is the two DDS hops (shared memory), the executors' wake-ups and "
+            "the conversion of the 900 KB message to Python in the node.",
         ]
     body = "\n".join(lines)
     print(body)

@@ -423,13 +423,16 @@ class ClassifierNode(LifecycleNode):
 
     def process(self, frame: Frame) -> None:
         """Decode, classify and publish one frame; a bad frame is counted and logged, not raised."""
+        taken = time.perf_counter()
         try:
             arrays = {modality: msg_to_array(msg) for modality, msg in frame.msgs.items()}
+            decoded = time.perf_counter()
             prediction = self.classifier.predict(arrays)
         except (MmkdError, ValueError, TypeError, RuntimeError) as exc:
             self.bad_frame(str(exc))
             return
-        in_node_ms = (time.perf_counter() - frame.received) * 1000.0  # receive -> now
+        predicted = time.perf_counter()
+        in_node_ms = (predicted - frame.received) * 1000.0  # receive -> result (the message is built next)
         since_stamp_ms = (self.get_clock().now().nanoseconds - stamp_to_ns(frame.header.stamp)) / 1e6
         content = outputs.classification_content(
             frame.header,
@@ -443,7 +446,12 @@ class ClassifierNode(LifecycleNode):
             in_node_ms,
         )
         self.pub_class.publish(self._to_msg(content))
-        self.stats.record(in_node_ms)  # /diagnostics: the node's own share (no clock offsets)
+        published = time.perf_counter()
+        # /diagnostics: the node's own share (no clock offsets), stage by stage
+        self.stats.record(in_node_ms, {"wait": (taken - frame.received) * 1e3,
+                                       "decode": (decoded - taken) * 1e3,
+                                       "predict": (predicted - decoded) * 1e3,
+                                       "publish": (published - predicted) * 1e3})
         if self.params["publish_annotated"] and self.pub_annotated.get_subscription_count() > 0:
             self.pub_annotated.publish(
                 outputs.annotated_image(arrays["rgb"], frame.header, prediction.label, prediction.score)

@@ -221,16 +221,22 @@ class FrameStats:
         self.rate_skipped = 0
         self._latencies_ms: deque[float] = deque(maxlen=window)
         self._done_times: deque[float] = deque(maxlen=window)
+        self._stages_ms: dict[str, deque[float]] = {}
+        self._window = window
 
     def count(self, field: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, field, getattr(self, field) + n)
 
-    def record(self, latency_ms: float) -> None:
+    def record(self, latency_ms: float, stages_ms: Optional[dict[str, float]] = None) -> None:
+        """One classified frame: its receive -> result time and, optionally, what each stage of
+        it took (``{"wait": ..., "decode": ...}``, reported as ``stage_<name>_p50_ms``)."""
         with self._lock:
             self.processed += 1
             self._latencies_ms.append(latency_ms)
             self._done_times.append(time.monotonic())
+            for stage, ms in (stages_ms or {}).items():
+                self._stages_ms.setdefault(stage, deque(maxlen=self._window)).append(ms)
 
     def snapshot(self, horizon_s: float = 5.0) -> dict[str, float]:
         """p50/p95 latency (ms) over the window and the output rate (Hz) over the last ``horizon_s``."""
@@ -244,6 +250,8 @@ class FrameStats:
                 "bad": self.bad,
                 "rate_skipped": self.rate_skipped,
             }
+            stages = {f"stage_{stage}_p50_ms": percentile(sorted(values), 50.0)
+                      for stage, values in self._stages_ms.items()}
         rate = 0.0
         if len(recent) >= 2 and recent[-1] > recent[0]:
             rate = (len(recent) - 1) / (recent[-1] - recent[0])
@@ -252,6 +260,7 @@ class FrameStats:
             "latency_p50_ms": percentile(lat, 50.0),
             "latency_p95_ms": percentile(lat, 95.0),
             "rate_hz": rate,
+            **stages,
         }
 
 

@@ -41,9 +41,10 @@ def classification_content(
     ``header`` is the input image's header (stamp and frame of the pixels, not of the
     computation), ``scores`` are the probabilities of all ``classes`` in class order, ``model`` is
     the model file's name. ``latency_ms`` is measured from the frame's header stamp (capture time,
-    on the node's clock: sim time under ``use_sim_time``) to publishing, so it includes the camera
+    on the node's clock: sim time under ``use_sim_time``) to the result, so it includes the camera
     driver and the transport; ``in_node_ms`` is the node's own share, from receiving the frame to
-    publishing (decode, preprocessing, inference).
+    the result (decode, preprocessing, inference); building and publishing this message come after
+    both (``stage_publish_p50_ms`` in /diagnostics).
     """
     if len(scores) != len(classes):
         raise ValueError(f"{len(scores)} scores for {len(classes)} classes")
@@ -158,8 +159,10 @@ def diagnostics(
 ) -> DiagnosticArray:
     """One ``DiagnosticStatus`` for a classifier node.
 
-    ``stats`` is :meth:`FrameStats.snapshot` (in-node latency p50/p95 in ms, receive -> publish;
-    output rate, counters),
+    ``stats`` is :meth:`FrameStats.snapshot` (in-node latency p50/p95 in ms, receive -> result;
+    output rate, counters; the p50 of each stage of a frame: ``stage_wait_p50_ms`` receive ->
+    the worker takes it, ``stage_decode_p50_ms``, ``stage_predict_p50_ms``,
+    ``stage_publish_p50_ms`` building and publishing the classification),
     ``dropped`` counts frames replaced before inference plus those lost in the middleware,
     ``hardware_id`` is the inference device. Level WARN until the first frame is classified, so a
     wrong topic remapping shows up in rqt_robot_monitor instead of looking healthy, and WARN with
@@ -181,6 +184,7 @@ def diagnostics(
     for key in ("rate_skipped", "out_of_order", "pairer_resets"):
         if key in stats:
             values[key] = int(stats[key])
+    values.update({key: float(value) for key, value in stats.items() if key.startswith("stage_")})
     values.update(extra or {})
     if problems:
         level, message = DiagnosticStatus.WARN, "; ".join(problems)

@@ -233,6 +233,13 @@ def test_diagnostics_under_sim_time(student, client) -> None:
     } <= set(values)
     assert float(values["latency_p50_ms"]) > 0 and int(values["frames_classified"]) >= 5
     assert float(values["latency_p95_ms"]) >= float(values["latency_p50_ms"])
+    # where a frame's time goes, stage by stage; their sum is the in-node figure (give or take
+    # the medians of different frames and the publish stage, which comes after it)
+    stages = {name: float(values[f"stage_{name}_p50_ms"])
+              for name in ("wait", "decode", "predict", "publish")}
+    assert all(ms >= 0 for ms in stages.values()) and stages["predict"] > 0, stages
+    assert stages["wait"] + stages["decode"] + stages["predict"] <= \
+        2 * float(values["latency_p95_ms"]), (stages, values["latency_p95_ms"])
 
 
 def test_stale_frames_are_dropped_not_queued(student, client) -> None:
