@@ -214,6 +214,7 @@ class Bench:
 
 
 STAGES = ("wait", "decode", "predict", "publish")  # the node's /diagnostics stage_*_p50_ms
+ONNX_LABEL = "student_node (.onnx, onnxruntime)"  # the node the robot-side goals are about
 
 
 def _best_effort_qos() -> Any:
@@ -303,6 +304,7 @@ def measure(
     annotated: bool = False,
     ladder: bool = True,
     latency_seconds: float = 20.0,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     node = start_node(install, role, model, logs)
     try:
@@ -310,6 +312,9 @@ def measure(
         bench.wait_ready()
         latency_run = bench.run(latency_rate, latency_seconds)
         latency_run["rss_mb"] = rss_mb(node.proc.pid)
+        # further latency runs of the same node: how far one run's p50/p99 can be trusted
+        latency_run["repeats"] = [latency_run] + [bench.run(latency_rate, latency_seconds)
+                                                  for _ in range(max(0, repeats - 1))]
         steps = []
         held: Optional[float] = None
         failures = 0
@@ -345,6 +350,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--latency-rate", type=float, default=30.0, help="rate of the latency run (Hz)")
     parser.add_argument("--latency-seconds", type=float, default=20.0,
                         help="duration of the latency run (s; 20 s at 30 Hz = 600 frames, enough for a p99)")
+    parser.add_argument("--goal-runs", type=int, default=5,
+                        help="latency runs of the ONNX student node, the one the goals are about (the "
+                        "verdicts use their median p50 and p99)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = parser.parse_args(argv)
 
@@ -364,7 +372,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from mmkd_ros.tools.export import export_student
 
         onnx_path = export_student(student_ckpt, work / "onnx", formats=("onnx",)).paths["onnx"]
-        variants.insert(1, ("student_node (.onnx, onnxruntime)", "student", onnx_path, {}))
+        variants.insert(1, (ONNX_LABEL, "student", onnx_path, {}))
     except Exception as exc:  # the export is another module's: report, do not fail the bench
         print(f"no ONNX variant: {exc}", flush=True)
     variants.append(
@@ -396,6 +404,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 annotated=options.get("annotated", False),
                 ladder=options.get("ladder", True),
                 latency_seconds=args.latency_seconds,
+                repeats=args.goal_runs if label == ONNX_LABEL else 1,
             )
             results[label]["rate"] = options.get("latency_rate", args.latency_rate)
             results[label]["model"] = model
@@ -474,29 +483,35 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for st in r["steps"]
             )
             lines.append(f"- {label}: {steps}")
-    onnx_label = "student_node (.onnx, onnxruntime)"
-    if onnx_label in results:
-        r = results[onnx_label]
+    if ONNX_LABEL in results:
+        r = results[ONNX_LABEL]
         lat, in_node = r["latency"]["latencies"], r["latency"]["in_node"]
-        p50, p99, rss = pct(lat, 50), pct(lat, 99), r["latency"]["rss_mb"]
-        drop = 100 * r["latency"]["drop"]
+        runs = r["latency"]["repeats"]
+        p50 = statistics.median(pct(run["latencies"], 50) for run in runs)
+        p99 = statistics.median(pct(run["latencies"], 99) for run in runs)
+        rss = r["latency"]["rss_mb"]
+        drop = 100 * max(run["drop"] for run in runs)
         stages = r["latency"]["stages"]
 
         def verdict(value: float, goal: float, unit: str) -> str:
             return f"{value:.1f} {unit} ({'meets' if value <= goal else 'MISSES'} the {goal:g} {unit} goal)"
 
+        each = "; ".join(f"{pct(run['latencies'], 50):.1f} / {pct(run['latencies'], 99):.1f}"
+                         for run in runs)
         lines += [
             "",
             f"Against the robot-side goals (the ONNX student node at {r['rate']:g} Hz, 640x480 rgb8, "
-            f"this {cores}-core machine): p50 {verdict(p50, 5, 'ms')}, p99 {verdict(p99, 10, 'ms')}, "
-            f"RSS {verdict(rss, 250, 'MB')}, {verdict(drop, 1, '%')} unclassified. Where its "
-            f"{p50:.1f} ms go (p50 of each part): in the node {pct(in_node, 50):.1f} ms = "
+            f"this {cores}-core machine; median of {len(runs)} latency runs of {args.latency_seconds:g} s, "
+            f"p50 / p99 ms of each: {each}; unclassified: the worst run): p50 {verdict(p50, 5, 'ms')}, "
+            f"p99 {verdict(p99, 10, 'ms')}, RSS {verdict(rss, 250, 'MB')}, {verdict(drop, 1, '%')} "
+            f"unclassified. Where the first run's {pct(lat, 50):.1f} ms go (p50 of each part): in the "
+            f"node {pct(in_node, 50):.1f} ms = "
             + ", ".join(f"{k} {stages.get(k, float('nan')):.2f}" for k in STAGES[:3])
             + f" ms; predict() is {spaced[str(r['model'])]:.1f} ms at {r['rate']:g} Hz in the bench "
-            f"process too, against {baseline[str(r['model'])]:.1f} ms back to back (of which "
-            f"{prepare_ms:.2f} ms the torch-free resize + normalise of the full frame, "
-            "`prepare_array` alone): between frames the CPU idles and the next frame meets cold "
-            f"caches and clocks. After it, publish {stages.get('publish', float('nan')):.2f} ms. "
+            f"process too, against {baseline[str(r['model'])]:.1f} ms back to back (the torch-free "
+            f"resize + normalise of the full frame, `prepare_array`, {prepare_ms:.2f} ms back to back "
+            "when timed alone): between frames the CPU idles and the next frame meets cold caches "
+            f"and clocks. After it, publish {stages.get('publish', float('nan')):.2f} ms. "
             f"Outside the node {pct([t - n for t, n in zip(lat, in_node)], 50):.1f} ms, of it "
             f"{pct(r['latency']['publish_ms'], 50):.2f} ms the camera side's own publish() of the "
             "frame; the rest is the two DDS hops (shared memory), the executors' wake-ups and "
