@@ -5,7 +5,9 @@ Runs the offline part of ``training/demo.py`` (drives, extraction, teacher, base
 evaluation on the test drive; no live phase) for every seed and label share, then writes the
 "Demo on the simulator" section of BENCHMARKS.md: mean ± std over seeds of the three models'
 test accuracy and macro-F1, the gap closed, the paired student - baseline difference, and each
-stage's median time.
+stage's median time; then, with ``--ceiling-scale`` (default 10), the RGB ceiling of each seed:
+RGB-only models (the student's architecture, and the teacher's on RGB) trained with every label on
+ten times the training drive, and the gap closed against that ceiling.
 
 A finished cell (seed x share) is reused only when its ``eval/demo.json`` records this code
 (the digest of the source, ``mmkd_ros.core.provenance``) and this resolved config; otherwise its folder is deleted
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from mmkd_ros.core.atomic import write_atomic
 from mmkd_ros.core.provenance import code_version
 from mmkd_ros.tools.demo import BASELINE, Drives, run_demo
 from mmkd_ros.train import config as config_lib
@@ -53,6 +56,94 @@ def run_cell(config: config_lib.Config, drives: Drives, work: Path) -> dict:
         shutil.rmtree(work)
     run_demo(config, work, drives, live=False)
     return json.loads(record.read_text())
+
+
+CEILING_MODELS = {"ce": {}, "twin": {"arch": "rgb_twin_resnet18_mid"}}  # student arch; teacher-sized RGB
+
+
+def run_ceiling(config: config_lib.Config, seed: int, scale: float, epochs: int, teacher: Path,
+                work: Path) -> dict:
+    """The RGB ceiling of a seed: RGB-only models trained on ``scale`` times the training drive,
+    every scene labelled, tested on the cell's own test drive (same seeds, same frames).
+
+    ``ce`` is the student's architecture, ``twin`` the teacher's with RGB in both branches (width
+    of the teacher). ``teacher`` only lends its input size and normalisation (``ce`` does not use
+    the teacher otherwise). Reused when ``ceiling.json`` records this code and config.
+    """
+    from mmkd_ros.data.extract import BagOptions, extract_bags
+    from mmkd_ros.data.splits import write_bag_splits
+    from mmkd_ros.sim.synthetic import write_bag
+    from mmkd_ros.tools.evaluate import evaluate
+    from mmkd_ros.train.distill import distill
+
+    base = Drives(seed=seed, label_share=1.0)
+    drives = Drives(seed=seed, label_share=1.0, train_s=base.train_s * scale)
+    configs = {name: config_lib.replace(config_lib.with_method(config, "ce"), distill={"epochs": epochs},
+                                        student={**arch, **({"width": config.teacher.width} if arch else {})})
+               for name, arch in CEILING_MODELS.items()}
+    key = {"code": code_version()["source"], "drives": drives.__dict__,
+           "configs": {k: config_lib.to_dict(v) for k, v in configs.items()}}
+    record = work / "ceiling.json"
+    if record.is_file():
+        done = json.loads(record.read_text())
+        if done.get("key") == key:
+            print(f"[bench_demo] reusing {work} (same code and config)", file=sys.stderr)
+            return done
+    if work.exists():
+        shutil.rmtree(work)
+    began = time.perf_counter()
+    bags = {split: work / "bags" / drives.bag_name(split) for split in ("train", "val", "test")}
+    for split, sim in drives.configs().items():
+        write_bag(bags[split], sim, progress=False)
+    splits = write_bag_splits(work / "bags" / "splits.json", {path.name: split for split, path in bags.items()})
+    dataset = extract_bags(list(bags.values()), work / "dataset", BagOptions(splits=str(splits), group_by="bag"),
+                           progress=False).path
+    for name, run_config in configs.items():
+        distill(run_config, dataset, teacher, work / name)
+    report = evaluate({name: work / name / "student.pt" for name in configs}, dataset, work / "eval",
+                      split="test", device=config.device)
+    done = {"key": key, "seconds": time.perf_counter() - began,
+            "metrics": {name: {m: report["models"][name][m] for m in ("accuracy", "macro_f1")}
+                        for name in configs}}
+    write_atomic(work / "ceiling.json", json.dumps(done, indent=1))
+    return done
+
+
+def ceiling_lines(results: dict[float, list[dict]], ceilings: dict[int, dict], scale: float,
+                  epochs: int) -> list[str]:
+    """The RGB ceiling's rows and the gap each share's student closes against it."""
+    seeds = sorted(ceilings)
+    lines = [f"### The RGB ceiling: how much of the teacher's edge RGB can carry", "",
+             f"RGB-only models trained with every label on {scale:g}x the training drive "
+             f"({scale * Drives().train_s:g} s, about {scale:g}x the scenes), {epochs} epochs, tested on the same "
+             "test drives; seeds " + ", ".join(map(str, seeds)) + ".", "",
+             "| model | inputs | test accuracy | test macro-F1 |", "|---|---|---|---|"]
+    names = {"ce": "`ce`, the student's architecture", "twin": "`twin`, the teacher's architecture on RGB"}
+    for name in CEILING_MODELS:
+        acc = [ceilings[s]["metrics"][name]["accuracy"] for s in seeds]
+        f1 = [ceilings[s]["metrics"][name]["macro_f1"] for s in seeds]
+        lines.append(f"| ceiling {names[name]} | RGB | {mean_std(acc)} | {mean_std(f1)} |")
+    lines += ["", "Gap closed against the student architecture's ceiling, (student - baseline) / (ceiling `ce` - "
+              "baseline) per seed, and the largest gap closed against the teacher that this ceiling allows, "
+              "(ceiling `ce` - baseline) / (teacher - baseline):", ""]
+    for share, cells in results.items():
+        student = next(k for k in cells[0]["metrics"] if k.startswith("student"))
+        against, allowed = [], []
+        for c in cells:
+            seed = c["drives"]["seed"]
+            if seed not in ceilings:
+                continue
+            top = ceilings[seed]["metrics"]["ce"]["accuracy"]
+            base, teacher = c["metrics"]["baseline"]["accuracy"], c["metrics"]["teacher"]["accuracy"]
+            if top > base:
+                against.append((c["metrics"][student]["accuracy"] - base) / (top - base))
+            if teacher > base:
+                allowed.append((top - base) / (teacher - base))
+        lines.append(f"- {share:.0%} labelled: against the ceiling "
+                     + (mean_std(against, "{:.2f}") if against else "- (the baseline reaches the ceiling)")
+                     + "; the most the ceiling allows against the teacher "
+                     + (mean_std(allowed, "{:.2f}") if allowed else "-"))
+    return lines + [""]
 
 
 def mean_std(values: list[float], fmt: str = "{:.3f}") -> str:
@@ -96,6 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label-shares", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--config", type=Path, default=REPO / "config" / "train.yaml")
+    parser.add_argument("--ceiling-scale", type=float, default=10.0,
+                        help="the RGB ceiling's training drive, in training drives (every scene labelled; 0: "
+                        "no ceiling; needs label share 1)")
+    parser.add_argument("--ceiling-epochs", type=int, default=3, help="epochs of the ceiling's models")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -107,6 +202,17 @@ def main(argv: list[str] | None = None) -> None:
             cell = run_cell(config, Drives(seed=seed, label_share=share), args.work / f"labels{share:g}_seed{seed}")
             results.setdefault(share, []).append(cell)
             print(f"[bench_demo] share {share:g} seed {seed}: {json.dumps(cell['metrics'])} "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    ceilings: dict[int, dict] = {}
+    if args.ceiling_scale > 0 and 1.0 in results:
+        for cell in results[1.0]:
+            seed = cell["drives"]["seed"]
+            config = config_lib.load(args.config, ["device=cpu", f"seed={seed}", *args.overrides])
+            teacher = (args.work / f"labels1_seed{seed}" / f"runs_{Drives(**cell['drives']).bag_name('train')}"
+                       / "teacher" / "teacher.pt")
+            ceilings[seed] = run_ceiling(config, seed, args.ceiling_scale, args.ceiling_epochs, teacher,
+                                         args.work / f"ceiling{args.ceiling_scale:g}_seed{seed}")
+            print(f"[bench_demo] ceiling seed {seed}: {json.dumps(ceilings[seed]['metrics'])} "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     wall = time.perf_counter() - start
     command = "python bench/bench_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -165,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
                          + (f"{mean_std(closed, '{:.2f}')} over {len(closed)} seeds" if closed else
                             "none (the fully labelled baseline is not ahead)"))
         lines.append("")
+    if ceilings:
+        lines += ceiling_lines(results, ceilings, args.ceiling_scale, args.ceiling_epochs)
     timings = {stage: statistics.median(c["timings"][stage] for cells in results.values() for c in cells)
                for stage in STAGES}
     lines += [
