@@ -4,9 +4,13 @@ A subclass says which topics to subscribe to and hands complete frames (one mess
 already time-paired for the teacher) to :meth:`ClassifierNode.submit`. From there on both nodes
 behave identically:
 
-- the newest frame waits in a one-item slot; an inference worker thread takes it (a frame that is
-  replaced before the worker gets to it is dropped and counted), so latency never piles up behind
-  a queue and the executor keeps taking messages from the middleware;
+- with ``inference:=worker`` (the teacher's default) the newest frame waits in a one-item slot and
+  an inference worker thread takes it (a frame that is replaced before the worker gets to it is
+  dropped and counted), so latency never piles up behind a queue and the executor keeps taking
+  messages from the middleware; with ``inference:=callback`` (the student's default) the frame is
+  classified in the subscription callback, and frames that arrive meanwhile wait in the
+  subscription's depth-1 queue (newest wins; the lost ones are counted from the publisher's
+  sequence numbers);
 - the frame is decoded with :func:`mmkd_ros.data.ros_images.msg_to_array` and classified by
   :class:`mmkd_ros.deploy.classifier.Classifier` (the ML lives there, not here); a frame that cannot be
   decoded or classified is counted as bad and logged (throttled), never fatal;
@@ -106,6 +110,16 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
         min_value=0,
         max_value=100,
     ),
+    ParamSpec(
+        "inference",
+        "worker",
+        "Where frames are classified: callback (in the subscription callback, on the executor's "
+        "thread: no hand-over, the lowest latency; frames that arrive meanwhile wait in the "
+        "middleware's depth-1 queue, newest wins) or worker (a thread of its own: the executor keeps "
+        "taking messages, as the teacher's pairing of two streams needs). The student defaults to "
+        "callback, the teacher to worker.",
+        choices=("callback", "worker"),
+    ),
     ParamSpec("publish_annotated", True, "Publish ~/image_annotated (only while someone subscribes). Runtime."),
     ParamSpec(
         "max_rate",
@@ -154,6 +168,8 @@ class ClassifierNode(LifecycleNode):
     REQUIRED_MODALITIES: tuple[str, ...] = ("rgb",)
     #: the node's own parameters, after COMMON_PARAMETERS
     EXTRA_PARAMETERS: tuple[ParamSpec, ...] = ()
+    #: default of the ``inference`` parameter: callback or worker
+    DEFAULT_INFERENCE = "worker"
 
     def __init__(self, node_name: str) -> None:
         super().__init__(node_name)
@@ -176,7 +192,8 @@ class ClassifierNode(LifecycleNode):
     def parameter_specs(cls) -> tuple[ParamSpec, ...]:
         # Not read-only for ROS (a lifecycle manager sets them between cleanup and configure);
         # :meth:`_on_set_parameters` says which may change when. ``autostart`` never changes.
-        return tuple(replace(spec, read_only=spec.name == "autostart")
+        return tuple(replace(spec, read_only=spec.name == "autostart",
+                             **({"default": cls.DEFAULT_INFERENCE} if spec.name == "inference" else {}))
                      for spec in COMMON_PARAMETERS + cls.EXTRA_PARAMETERS)
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
@@ -271,8 +288,9 @@ class ClassifierNode(LifecycleNode):
         else:
             self._create_outputs(msg_type)
         self.slot = LatestSlot()
-        self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
-        self._worker.start()
+        if self.params["inference"] == "worker":
+            self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
+            self._worker.start()
 
     def _create_outputs(self, msg_type: type) -> None:
         self.pub_class = self.create_publisher(msg_type, "~/classification", output_qos(10))
@@ -412,7 +430,10 @@ class ClassifierNode(LifecycleNode):
             self.stats.count("rate_skipped")
             return
         self._last_submit = now
-        self.slot.put(frame)
+        if self.params["inference"] == "callback":
+            self.process(frame)  # the executor's thread: no hand-over (stage "wait" ~0)
+        else:
+            self.slot.put(frame)
 
     # -- worker ---------------------------------------------------------------------------------
     def _work(self) -> None:

@@ -76,6 +76,8 @@ def student(colcon_install, student_ckpt, client, node_logs):
         "input_type:=compressed",
         "-p",
         "warmup_frames:=0",
+        "-p",
+        "inference:=worker",  # the student classifies in its callback by default; the worker path too
     ]
     compressed_node = NodeProcess(colcon_install, "student_node", compressed_args, node_logs)
     # A third node left at input_type raw on a topic that carries CompressedImage only.
@@ -272,6 +274,7 @@ BAD_PARAMETERS = {
     "empty-model": ({"model_path": ""}, "parameter 'model_path' is empty"),
     "bad-device": ({"device": "tpu"}, "parameter 'device'"),
     "bad-input-type": ({"input_type": "h264"}, "parameter 'input_type'"),
+    "bad-inference": ({"inference": "gpu"}, "parameter 'inference'"),
     "negative-warmup": ({"warmup_frames": -1}, "parameter 'warmup_frames'"),
     "wrong-type": ({"diagnostics_period": "often"}, "parameter 'diagnostics_period'"),
     "junk-model": ({"model_path": "JUNK"}, "not an mmkd_ros checkpoint"),
@@ -310,7 +313,8 @@ def test_bad_parameters_exit_with_one_line(
 
 
 def test_compressed_input(student, client, student_ckpt) -> None:
-    """input_type:=compressed subscribes to CompressedImage; a png frame gives the same scores."""
+    """input_type:=compressed subscribes to CompressedImage; a png frame gives the same scores
+    (this node classifies in its worker thread: inference:=worker)."""
     node = student[3]
     publisher = client.publisher(CompressedImage, COMPRESSED_INPUT, depth=1)
     assert wait_for_subscribers(publisher, timeout=60), node.output()
