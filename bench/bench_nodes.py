@@ -456,8 +456,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         + f" Hz ({args.seconds:g} s each) with under 1 % frames unclassified and the publisher on time.",
         "",
         "Breakdown: in node = the node's receive -> result (``in_node_ms``); its stages, p50 of each from "
-        "the node's /diagnostics (``stage_*_p50_ms``): wait = receive -> the inference worker takes the "
-        "frame, decode = message -> array, predict = ``Classifier.predict`` (resize, normalise, forward), "
+        "the node's /diagnostics (``stage_*_p50_ms``): wait = receive -> inference starts (the hand-over "
+        "to the worker thread with ``inference:=worker``, the teacher's default; about 0 when the node "
+        "classifies in its callback, the student's default), decode = message -> array, predict = ``Classifier.predict`` (resize, normalise, forward), "
         "publish = building and publishing the classification (after ``in_node_ms`` is taken); outside = "
         "latency - in node (the camera side's publish(), DDS in and out, the executor's wake-up, the "
         "client's callback); camera publish() = the bench's own ``publish()`` call of the 900 KB frame, "
