@@ -70,9 +70,7 @@ def run_ceiling(config: config_lib.Config, seed: int, scale: float, epochs: int,
     of the teacher). ``teacher`` only lends its input size and normalisation (``ce`` does not use
     the teacher otherwise). Reused when ``ceiling.json`` records this code and config.
     """
-    from mmkd_ros.data.extract import BagOptions, extract_bags
-    from mmkd_ros.data.splits import write_bag_splits
-    from mmkd_ros.sim.synthetic import write_bag
+    from mmkd_ros.tools.demo import drives_dataset, write_drives
     from mmkd_ros.tools.evaluate import evaluate
     from mmkd_ros.train.distill import distill
 
@@ -92,12 +90,7 @@ def run_ceiling(config: config_lib.Config, seed: int, scale: float, epochs: int,
     if work.exists():
         shutil.rmtree(work)
     began = time.perf_counter()
-    bags = {split: work / "bags" / drives.bag_name(split) for split in ("train", "val", "test")}
-    for split, sim in drives.configs().items():
-        write_bag(bags[split], sim, progress=False)
-    splits = write_bag_splits(work / "bags" / "splits.json", {path.name: split for split, path in bags.items()})
-    dataset = extract_bags(list(bags.values()), work / "dataset", BagOptions(splits=str(splits), group_by="bag"),
-                           progress=False).path
+    dataset = drives_dataset(drives, write_drives(drives, work), work)
     for name, run_config in configs.items():
         distill(run_config, dataset, teacher, work / name)
     report = evaluate({name: work / name / "student.pt" for name in configs}, dataset, work / "eval",

@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO / "test"))
 import numpy as np
 
 import ros_testing  # noqa: E402  (process, domain and client helpers shared with the node tests)
+
+from mmkd_ros.nodes.common import FRAME_STAGES as STAGES, stage_key  # noqa: E402  (/diagnostics stages)
 from report_section import replace_section
 
 TITLE = "ROS 2 nodes: latency and sustainable rate (student vs teacher)"
@@ -197,8 +199,9 @@ class Bench:
         for msg in reversed(self.client.messages("/diagnostics")):
             for status in msg.status:
                 if f"bench_{self.role}" in status.name:
-                    return {kv.key[len("stage_"):-len("_p50_ms")]: float(kv.value)
-                            for kv in status.values if kv.key.startswith("stage_")}
+                    values = {kv.key: kv.value for kv in status.values}
+                    return {stage: float(values[stage_key(stage)]) for stage in STAGES
+                            if stage_key(stage) in values}
         return {}
 
     def _outputs(self) -> list[tuple[int, int, float]]:
@@ -213,7 +216,6 @@ class Bench:
         return out
 
 
-STAGES = ("wait", "decode", "predict", "publish")  # the node's /diagnostics stage_*_p50_ms
 ONNX_LABEL = "student_node (.onnx, onnxruntime)"  # the node the robot-side goals are about
 
 
@@ -313,8 +315,7 @@ def measure(
         latency_run = bench.run(latency_rate, latency_seconds)
         latency_run["rss_mb"] = rss_mb(node.proc.pid)
         # further latency runs of the same node: how far one run's p50/p99 can be trusted
-        latency_run["repeats"] = [latency_run] + [bench.run(latency_rate, latency_seconds)
-                                                  for _ in range(max(0, repeats - 1))]
+        runs = [latency_run] + [bench.run(latency_rate, latency_seconds) for _ in range(repeats - 1)]
         steps = []
         held: Optional[float] = None
         failures = 0
@@ -332,7 +333,7 @@ def measure(
                 failures += 1
                 if failures >= 2:
                     break
-        return {"latency": latency_run, "steps": steps, "held": held}
+        return {"latency": latency_run, "runs": runs, "steps": steps, "held": held}
     finally:
         node.stop()
 
@@ -383,9 +384,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             {"annotated": True, "ladder": False, "latency_rate": 30.0},
         )
     )
-    baseline = {str(model): predict_baseline(model, role) for _, role, model, _ in variants}
-    spaced = {str(model): predict_baseline(model, role, repeats=60, rate=args.latency_rate)
-              for _, role, model, _ in variants}
+    models = {str(model): (model, role) for _, role, model, _ in variants}  # each model once
+    baseline = {key: predict_baseline(model, role) for key, (model, role) in models.items()}
+    spaced = {key: predict_baseline(model, role, repeats=60, rate=args.latency_rate)
+              for key, (model, role) in models.items()}
     prepare_ms = prepare_baseline(tuple(info["input_size"]))
     load_before = os.getloadavg()
     client = ros_testing.RosClient("bench_nodes")
@@ -487,7 +489,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if ONNX_LABEL in results:
         r = results[ONNX_LABEL]
         lat, in_node = r["latency"]["latencies"], r["latency"]["in_node"]
-        runs = r["latency"]["repeats"]
+        runs = r["runs"]
         p50 = statistics.median(pct(run["latencies"], 50) for run in runs)
         p99 = statistics.median(pct(run["latencies"], 99) for run in runs)
         rss = r["latency"]["rss_mb"]

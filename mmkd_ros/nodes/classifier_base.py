@@ -43,6 +43,7 @@ from mmkd_ros.data.ros_images import msg_to_array, stamp_to_ns
 from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.nodes import outputs
 from mmkd_ros.nodes.common import (
+    FRAME_STAGES,
     FrameStats,
     LatestSlot,
     ParameterError,
@@ -469,10 +470,9 @@ class ClassifierNode(LifecycleNode):
         self.pub_class.publish(self._to_msg(content))
         published = time.perf_counter()
         # /diagnostics: the node's own share (no clock offsets), stage by stage
-        self.stats.record(in_node_ms, {"wait": (taken - frame.received) * 1e3,
-                                       "decode": (decoded - taken) * 1e3,
-                                       "predict": (predicted - decoded) * 1e3,
-                                       "publish": (published - predicted) * 1e3})
+        marks = (frame.received, taken, decoded, predicted, published)
+        self.stats.record(in_node_ms, {stage: (end - begin) * 1e3 for stage, begin, end
+                                       in zip(FRAME_STAGES, marks, marks[1:])})
         if self.params["publish_annotated"] and self.pub_annotated.get_subscription_count() > 0:
             self.pub_annotated.publish(
                 outputs.annotated_image(arrays["rgb"], frame.header, prediction.label, prediction.score)

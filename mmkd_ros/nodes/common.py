@@ -210,6 +210,15 @@ class SequenceGapCounter:
             self._last[key] = seq
 
 
+#: the stages of a classified frame, in order, as /diagnostics reports them (:func:`stage_key`)
+FRAME_STAGES: tuple[str, ...] = ("wait", "decode", "predict", "publish")
+
+
+def stage_key(stage: str) -> str:
+    """The /diagnostics key of a stage's median, e.g. ``stage_predict_p50_ms``."""
+    return f"stage_{stage}_p50_ms"
+
+
 class FrameStats:
     """Thread-safe counters and a latency window for diagnostics (updated by callback and worker)."""
 
@@ -250,7 +259,7 @@ class FrameStats:
                 "bad": self.bad,
                 "rate_skipped": self.rate_skipped,
             }
-            stages = {f"stage_{stage}_p50_ms": percentile(sorted(values), 50.0)
+            stages = {stage_key(stage): percentile(sorted(values), 50.0)
                       for stage, values in self._stages_ms.items()}
         rate = 0.0
         if len(recent) >= 2 and recent[-1] > recent[0]:

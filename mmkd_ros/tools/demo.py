@@ -342,6 +342,24 @@ def _bar_chart(metrics: dict[str, dict[str, float]], closed: dict[str, float], t
     plt.close(fig)
 
 
+def write_drives(drives: Drives, out: Path, progress: bool = False) -> dict[str, Path]:
+    """The drives' bags under ``out/bags`` (split -> bag; a bag already there is kept)."""
+    bags = {split: out / "bags" / drives.bag_name(split) for split in ("train", "val", "test")}
+    for split, sim in drives.configs().items():
+        if not bags[split].exists():
+            print(f"writing the {split} drive: {bags[split]}", flush=True)
+            write_bag(bags[split], sim, progress=progress)
+    return bags
+
+
+def drives_dataset(drives: Drives, bags: dict[str, Path], out: Path, progress: bool = False) -> Path:
+    """The pair dataset of :func:`write_drives`' bags, one split per bag (cached by extraction)."""
+    splits = write_bag_splits(out / "bags" / f"splits_{drives.bag_name('train')}.json",
+                              {path.name: split for split, path in bags.items()})
+    return extract_bags(list(bags.values()), out / f"dataset_{drives.bag_name('train')}",
+                        BagOptions(splits=str(splits), group_by="bag"), progress=progress).path
+
+
 def run_demo(config: Config, out: Path, drives: Drives = Drives(), live: bool = True, live_teacher: bool = False,
              rate: float = 4.0) -> DemoResult:
     """The whole main job (see the module doc); prints each stage and returns the result."""
@@ -354,17 +372,10 @@ def run_demo(config: Config, out: Path, drives: Drives = Drives(), live: bool = 
         timings[name] = time.perf_counter() - began
 
     out = Path(out)
-    bags = {split: out / "bags" / drives.bag_name(split) for split in ("train", "val", "test")}
     with stage("bags"):
-        for split, sim in drives.configs().items():
-            if not bags[split].exists():
-                print(f"writing the {split} drive: {bags[split]}", flush=True)
-                write_bag(bags[split], sim, progress=sys.stdout.isatty())
+        bags = write_drives(drives, out, progress=sys.stdout.isatty())
     with stage("extraction"):
-        splits = write_bag_splits(out / "bags" / f"splits_{drives.bag_name('train')}.json",
-                                  {path.name: split for split, path in bags.items()})
-        dataset = extract_bags(list(bags.values()), out / f"dataset_{drives.bag_name('train')}",
-                               BagOptions(splits=str(splits), group_by="bag"), progress=sys.stdout.isatty()).path
+        dataset = drives_dataset(drives, bags, out, progress=sys.stdout.isatty())
     runs = out / f"runs_{drives.bag_name('train')}"
     baseline = baseline_config(config, dataset)
     with stage("teacher"):
