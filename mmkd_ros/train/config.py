@@ -150,13 +150,19 @@ class DistillConfig:
     # 1.0 switches the weighting off: better on Houston, worse on the synthetic bag (BENCHMARKS.md).
     focus_floor: float = 0.1
     focus_momentum: float = 0.99
+    # Mixed pairs (function matching, Beyer et al. CVPR 2022): each batch is blended with a shuffled
+    # copy of itself, RGB and NIR with the same weight, so the frozen teacher labels images no drive
+    # recorded and the student matches the teacher's function between the frames it has; CE takes
+    # both labels by their weights (Zhang et al. ICLR 2018). Weight ~ Beta(a, a); 0: off.
+    mixup_alpha: float = 0.0
+    mix: Literal["mixup", "cutmix"] = "mixup"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"distill.method={self.method!r} is not allowed; choose one of {', '.join(METHODS)}")
         _check_recipe("distill", self)
         _check_numbers("distill", self, positive=("lr_disc", "kd_temperature"),
-                       non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "gp_weight", "adv_warmup_epochs"),
+                       non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "gp_weight", "adv_warmup_epochs", "mixup_alpha"),
                        unit=("focus_momentum",))
         _check_integers("distill", self, d_steps=1, disc_hidden=1, disc_layers=1, projector_hidden=0)
         if not (math.isfinite(self.focus_floor) and 0.0 <= self.focus_floor <= 1.0):

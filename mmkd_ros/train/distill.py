@@ -16,6 +16,7 @@ Training pairs without a label (``-1``) feed every teacher term; cross-entropy s
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from mmkd_ros.core.atomic import check_writable
 from mmkd_ros.core.device import resolve_device
 from mmkd_ros.core.errors import CheckpointError, quiet_native_logs
 from mmkd_ros.models import build_from_checkpoint, build_model
-from mmkd_ros.train.config import Config
+from mmkd_ros.train.config import Config, DistillConfig
 from mmkd_ros.train.data import make_eval_loader, make_train_loader, prepare_data
 from mmkd_ros.train.distributed import Runtime
 from mmkd_ros.train.loop import (
@@ -89,13 +90,17 @@ class DistillRecipe(RecipeBase):
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One discriminator update (``d_steps`` of them), then one student update; named values out."""
         rgb, nir, labels = self.inputs(batch)
+        mixed_labels, mix_weight = None, 1.0
+        if self.config.distill.mixup_alpha > 0:
+            rgb, nir, mixed_labels, mix_weight = mix_pairs(rgb, nir, labels, self.config.distill)
         teacher_features = teacher_logits = None
         if self.uses_teacher:
             with torch.no_grad():  # the teacher is frozen: no graph, no gradient, ever
                 teacher_features = self.teacher.forward_features(rgb, nir)  # [B, D_t]
                 teacher_logits = self.teacher.forward_head(teacher_features)  # [B, K]
         student_logits, student_projected = self.student_synced(rgb)  # [B, K], [B, D_t] or None
-        x = StepTensors(labels, student_logits, student_projected, teacher_features, teacher_logits)
+        x = StepTensors(labels, student_logits, student_projected, teacher_features, teacher_logits,
+                        mixed_labels, mix_weight)
         out: dict[str, float] = {}
         if self.focus is not None:
             self.focus.update(teacher_features, student_projected)
@@ -151,6 +156,30 @@ class DistillRecipe(RecipeBase):
 
     def checkpoint_metrics(self) -> dict[str, Any]:
         return {"method": self.config.distill.method, "teacher": self.teacher_path}
+
+
+def mix_pairs(rgb: torch.Tensor, nir: torch.Tensor, labels: torch.Tensor,
+              cfg: DistillConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Blend a batch with a shuffled copy of itself, RGB and NIR alike: mixed pairs.
+
+    ``mixup`` blends whole images with weight ``w`` (Zhang et al. ICLR 2018), ``cutmix`` pastes a
+    box of the partner covering ``1 - w`` of the image (Yun et al. ICCV 2019); ``w ~ Beta(a, a)``,
+    folded to >= 0.5 so each input keeps its own label as the larger share. Returns the mixed
+    rgb [B,C,H,W], nir [B,C,H,W], the partners' labels [B] and ``w`` (the exact area for cutmix).
+    """
+    w = float(torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha).sample())
+    w = max(w, 1.0 - w)
+    order = torch.randperm(len(rgb), device=rgb.device)  # [B]
+    if cfg.mix == "mixup":
+        return w * rgb + (1 - w) * rgb[order], w * nir + (1 - w) * nir[order], labels[order], w
+    h, wd = rgb.shape[-2:]
+    box_h, box_w = round(h * math.sqrt(1 - w)), round(wd * math.sqrt(1 - w))
+    top = int(torch.randint(0, h - box_h + 1, ()))
+    left = int(torch.randint(0, wd - box_w + 1, ()))
+    rgb, nir = rgb.clone(), nir.clone()
+    rgb[..., top:top + box_h, left:left + box_w] = rgb[order][..., top:top + box_h, left:left + box_w]
+    nir[..., top:top + box_h, left:left + box_w] = nir[order][..., top:top + box_h, left:left + box_w]
+    return rgb, nir, labels[order], 1.0 - box_h * box_w / (h * wd)
 
 
 def student_arch_args(config: Config, num_classes: int, rgb_channels: int) -> dict[str, Any]:

@@ -35,6 +35,8 @@ class StepTensors:
     student_projected: torch.Tensor | None  # [B, D_t]: the student's feature in the teacher's size
     teacher_features: torch.Tensor | None  # [B, D_t], no graph
     teacher_logits: torch.Tensor | None  # [B, K], no graph
+    mixed_labels: torch.Tensor | None = None  # [B]: labels of the partners blended in (mixed pairs), -1 = none
+    mix_weight: float = 1.0  # share of ``labels``' own image in each blended input
 
 
 class Objective:
@@ -70,6 +72,9 @@ class CrossEntropy(Objective):
 
     def loss(self, x: StepTensors) -> tuple[torch.Tensor, dict[str, float]]:
         loss_ce = classification_loss(x.student_logits, x.labels, self.label_smoothing)
+        if x.mixed_labels is not None:  # mixed pairs: each label by its image's share
+            loss_ce = x.mix_weight * loss_ce + (1.0 - x.mix_weight) * classification_loss(
+                x.student_logits, x.mixed_labels, self.label_smoothing)
         return self.weight * loss_ce, {"loss_ce": float(loss_ce.detach())}
 
 

@@ -11,7 +11,7 @@ from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.losses import disc_loss
 from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train import config as config_lib
-from mmkd_ros.train.distill import DistillRecipe, distill
+from mmkd_ros.train.distill import DistillRecipe, distill, mix_pairs
 from mmkd_ros.train.distributed import Runtime
 from mmkd_ros.train.objectives import Adversarial, adv_ramp
 from mmkd_ros.train.teacher import train_teacher
@@ -118,6 +118,37 @@ def test_focus_gradient_reaches_the_student_and_never_the_teacher():
     assert any(not torch.equal(v, student_before[k]) for k, v in m.student_proj.state_dict().items())
     adversarial = next(t for t in m.terms if isinstance(t, Adversarial))
     assert bool(m.focus.initialised) and adversarial.updates == 1 and adversarial.focus is m.focus
+
+
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_mixed_pairs_blend_rgb_and_nir_alike_and_keep_the_larger_share(mix):
+    torch.manual_seed(3)
+    rgb, nir = torch.rand(6, 3, 16, 16), torch.rand(6, 1, 16, 16)
+    labels = torch.tensor([0, 1, 2, 0, -1, 1])
+    cfg = config_lib.replace(config_lib.load(None, []), distill={"mixup_alpha": 1.0, "mix": mix}).distill
+    torch.manual_seed(4)
+    mixed_rgb, mixed_nir, partners, weight = mix_pairs(rgb, nir, labels, cfg)
+    torch.manual_seed(4)  # the same draws: recover the partner order
+    float(torch.distributions.Beta(1.0, 1.0).sample())
+    order = torch.randperm(6)
+    assert torch.equal(partners, labels[order]) and 0.5 <= weight <= 1.0
+    for mixed, plain in ((mixed_rgb, rgb), (mixed_nir, nir)):
+        if mix == "mixup":
+            assert torch.allclose(mixed, weight * plain + (1 - weight) * plain[order])
+        else:  # each pixel is its own or its partner's; the partner's share is 1 - weight, both modalities
+            own = (mixed == plain).all(1)  # [B, H, W]
+            assert torch.allclose(own.float().mean((1, 2))[order != torch.arange(6)], torch.tensor(weight))
+    assert torch.equal((mixed_rgb == rgb).all(1), (mixed_nir == nir).all(1)) or mix == "mixup"
+
+
+def test_mixed_pairs_step_and_weigh_both_labels():
+    m = tiny_models("adv+kd+feat")
+    m.config = config_lib.replace(m.config, distill={"mixup_alpha": 0.4})
+    losses = m.step(tiny_batch())
+    assert {"loss_ce", "loss_kd", "loss_adv", "loss_feat"} <= set(losses)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    with pytest.raises(config_lib.ConfigError, match="mixup_alpha"):
+        config_lib.load(None, ["distill.mixup_alpha=-1"])
 
 
 def test_adversarial_warmup_ramps_linearly():
