@@ -31,7 +31,7 @@ import torch
 
 from mmkd_ros.core.atomic import write_atomic
 from mmkd_ros.core.provenance import code_version
-from mmkd_ros.tools.demo import BASELINE, Drives, run_demo
+from mmkd_ros.tools.demo import BASELINE, Drives, run_demo, runs_dir
 from mmkd_ros.train import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +40,11 @@ from bench.report_section import replace_section  # noqa: E402
 
 TITLE = "Demo on the simulator: student vs RGB-only baseline vs teacher on unseen scenes"
 STAGES = ("bags", "extraction", "teacher", "baseline", "student", "evaluation")
+
+
+def cell_dir(work: Path, share: float, seed: int) -> Path:
+    """The folder of one cell (label share x seed) under ``--work``."""
+    return work / f"labels{share:g}_seed{seed}"
 
 
 def run_cell(config: config_lib.Config, drives: Drives, work: Path) -> dict:
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     for share in args.label_shares:
         for seed in args.seeds:
             config = config_lib.load(args.config, ["device=cpu", f"seed={seed}", *args.overrides])
-            cell = run_cell(config, Drives(seed=seed, label_share=share), args.work / f"labels{share:g}_seed{seed}")
+            cell = run_cell(config, Drives(seed=seed, label_share=share), cell_dir(args.work, share, seed))
             results.setdefault(share, []).append(cell)
             print(f"[bench_demo] share {share:g} seed {seed}: {json.dumps(cell['metrics'])} "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
@@ -201,8 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         for cell in results[1.0]:
             seed = cell["drives"]["seed"]
             config = config_lib.load(args.config, ["device=cpu", f"seed={seed}", *args.overrides])
-            teacher = (args.work / f"labels1_seed{seed}" / f"runs_{Drives(**cell['drives']).bag_name('train')}"
-                       / "teacher" / "teacher.pt")
+            teacher = runs_dir(cell_dir(args.work, 1.0, seed), Drives(**cell["drives"])) / "teacher" / "teacher.pt"
             ceilings[seed] = run_ceiling(config, seed, args.ceiling_scale, args.ceiling_epochs, teacher,
                                          args.work / f"ceiling{args.ceiling_scale:g}_seed{seed}")
             print(f"[bench_demo] ceiling seed {seed}: {json.dumps(ceilings[seed]['metrics'])} "

@@ -360,6 +360,11 @@ def drives_dataset(drives: Drives, bags: dict[str, Path], out: Path, progress: b
                         BagOptions(splits=str(splits), group_by="bag"), progress=progress).path
 
 
+def runs_dir(out: Path, drives: Drives) -> Path:
+    """Where :func:`run_demo` keeps the teacher, baseline and student runs of ``drives`` under ``out``."""
+    return out / f"runs_{drives.bag_name('train')}"
+
+
 def run_demo(config: Config, out: Path, drives: Drives = Drives(), live: bool = True, live_teacher: bool = False,
              rate: float = 4.0) -> DemoResult:
     """The whole main job (see the module doc); prints each stage and returns the result."""
@@ -376,7 +381,7 @@ def run_demo(config: Config, out: Path, drives: Drives = Drives(), live: bool = 
         bags = write_drives(drives, out, progress=sys.stdout.isatty())
     with stage("extraction"):
         dataset = drives_dataset(drives, bags, out, progress=sys.stdout.isatty())
-    runs = out / f"runs_{drives.bag_name('train')}"
+    runs = runs_dir(out, drives)
     baseline = baseline_config(config, dataset)
     with stage("teacher"):
         teacher_dir = runs / "teacher"

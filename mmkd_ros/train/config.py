@@ -168,6 +168,9 @@ class DistillConfig:
         if not (math.isfinite(self.focus_floor) and 0.0 <= self.focus_floor <= 1.0):
             raise ConfigError(f"distill.focus_floor={self.focus_floor!r} is out of range; use a number in [0, 1] "
                               "(1: no focusing)")
+        if self.mixup_alpha == 0 and self.mix != _MIX_DEFAULT:
+            raise ConfigError(f"distill.mix={self.mix!r} has no effect while distill.mixup_alpha=0 (mixed pairs "
+                              "off); set distill.mixup_alpha > 0 (e.g. 1.0) or drop distill.mix")
         used = {name for term in METHODS[self.method] for name in TERM_FIELDS[term]}
         for name in dict.fromkeys(n for fields in TERM_FIELDS.values() for n in fields):
             if name not in used and getattr(self, name) != _DEFAULTS[name]:
@@ -177,6 +180,7 @@ class DistillConfig:
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
+_MIX_DEFAULT = _DEFAULTS["mix"]
 
 
 def _check_integers(section: str, values: Any, **minimum: int) -> None:

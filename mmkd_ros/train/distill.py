@@ -176,10 +176,13 @@ def mix_pairs(rgb: torch.Tensor, nir: torch.Tensor, labels: torch.Tensor,
     box_h, box_w = round(h * math.sqrt(1 - w)), round(wd * math.sqrt(1 - w))
     top = int(torch.randint(0, h - box_h + 1, ()))
     left = int(torch.randint(0, wd - box_w + 1, ()))
-    rgb, nir = rgb.clone(), nir.clone()
-    rgb[..., top:top + box_h, left:left + box_w] = rgb[order][..., top:top + box_h, left:left + box_w]
-    nir[..., top:top + box_h, left:left + box_w] = nir[order][..., top:top + box_h, left:left + box_w]
-    return rgb, nir, labels[order], 1.0 - box_h * box_w / (h * wd)
+    rows, cols = slice(top, top + box_h), slice(left, left + box_w)
+    mixed = []
+    for image in (rgb, nir):
+        image = image.clone()
+        image[..., rows, cols] = image[order][..., rows, cols]  # the clone is still unpermuted here
+        mixed.append(image)
+    return mixed[0], mixed[1], labels[order], 1.0 - box_h * box_w / (h * wd)
 
 
 def student_arch_args(config: Config, num_classes: int, rgb_channels: int) -> dict[str, Any]:

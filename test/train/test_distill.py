@@ -8,12 +8,12 @@ import torch
 from mmkd_ros.core import artifact as ckpt_lib
 from mmkd_ros.core.errors import CheckpointError, ModelLoadError
 from mmkd_ros.deploy.classifier import Classifier
-from mmkd_ros.losses import disc_loss
+from mmkd_ros.losses import classification_loss, disc_loss
 from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.train.distill import DistillRecipe, distill, mix_pairs
 from mmkd_ros.train.distributed import Runtime
-from mmkd_ros.train.objectives import Adversarial, adv_ramp
+from mmkd_ros.train.objectives import Adversarial, CrossEntropy, StepTensors, adv_ramp
 from mmkd_ros.train.teacher import train_teacher
 from tiny_pairs import write_tiny_pairs
 
@@ -138,7 +138,8 @@ def test_mixed_pairs_blend_rgb_and_nir_alike_and_keep_the_larger_share(mix):
         else:  # each pixel is its own or its partner's; the partner's share is 1 - weight, both modalities
             own = (mixed == plain).all(1)  # [B, H, W]
             assert torch.allclose(own.float().mean((1, 2))[order != torch.arange(6)], torch.tensor(weight))
-    assert torch.equal((mixed_rgb == rgb).all(1), (mixed_nir == nir).all(1)) or mix == "mixup"
+    if mix == "cutmix":  # the same box in RGB and NIR
+        assert torch.equal((mixed_rgb == rgb).all(1), (mixed_nir == nir).all(1))
 
 
 def test_mixed_pairs_step_and_weigh_both_labels():
@@ -149,6 +150,13 @@ def test_mixed_pairs_step_and_weigh_both_labels():
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     with pytest.raises(config_lib.ConfigError, match="mixup_alpha"):
         config_lib.load(None, ["distill.mixup_alpha=-1"])
+    with pytest.raises(config_lib.ConfigError, match="distill.mix='cutmix' has no effect"):
+        config_lib.load(None, ["distill.mix=cutmix"])  # mixed pairs are off: the setting would be ignored
+    # CE weighs each label by its image's share; unlabelled partners (-1) add nothing
+    logits, labels, partners = torch.randn(4, 3), torch.tensor([0, 1, 2, -1]), torch.tensor([1, -1, 0, 2])
+    x = StepTensors(labels, logits, None, None, None, partners, 0.7)
+    expected = 0.7 * classification_loss(logits, labels) + 0.3 * classification_loss(logits, partners)
+    assert torch.allclose(CrossEntropy(1.0, 0.0).loss(x)[0], expected)
 
 
 def test_adversarial_warmup_ramps_linearly():
