@@ -125,16 +125,44 @@ def _aa_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     return index, weight
 
 
-def _resize_axis(a: np.ndarray, axis: int, out_size: int) -> np.ndarray:
-    """Resize axis 0 or 1 of ``[H, W, C]`` with :func:`_aa_taps`: a gather of each output's taps,
-    then one batched matrix product with their weights (about 3x faster than a loop over taps)."""
-    index, weight = _aa_taps(a.shape[axis], out_size)  # [out, K]
-    moved = a if axis == 0 else a.transpose(1, 0, 2)  # [N, M, C], N the axis resized
-    rows = moved.reshape(moved.shape[0], -1)  # [N, M*C]
-    taps = rows[index].astype(np.float32, copy=False)  # [out, K, M*C]
-    out = np.matmul(weight[:, None, :], taps)[:, 0, :]  # [out, M*C]
-    out = out.reshape(out_size, moved.shape[1], moved.shape[2])
-    return out if axis == 0 else out.transpose(1, 0, 2)
+#: Outputs per block of the banded resize (measured on 640x480 -> 96x96: 8 beats 4, 16 and a gather of taps).
+BLOCK = 8
+
+
+@functools.lru_cache(maxsize=16)
+def _aa_blocks(in_size: int, out_size: int) -> tuple[tuple[int, int, int, np.ndarray], ...]:
+    """:func:`_aa_taps` as a banded ``[out, in]`` matrix cut into blocks of :data:`BLOCK` outputs.
+
+    Each block is ``(first output, first input, end input, weights [outputs, inputs])``: the band of
+    inputs that block reads, so a resize is one small matrix product per block and converts to
+    float only the input lines it reads.
+    """
+    index, weight = _aa_taps(in_size, out_size)
+    dense = np.zeros((out_size, in_size), dtype=np.float32)
+    np.add.at(dense, (np.arange(out_size)[:, None], index), weight)  # padded taps add 0
+    blocks = []
+    for first in range(0, out_size, BLOCK):
+        band = dense[first:first + BLOCK]
+        used = np.flatnonzero(band.any(axis=0))
+        lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+        blocks.append((first, lo, hi, np.ascontiguousarray(band[:, lo:hi])))
+    return tuple(blocks)
+
+
+def _resize_rows(a: np.ndarray, out_size: int) -> np.ndarray:
+    """Resize axis 0 of a 2-D ``[N, M]`` array -> float32 ``[out_size, M]``."""
+    out = np.empty((out_size, a.shape[1]), dtype=np.float32)
+    for first, lo, hi, w in _aa_blocks(a.shape[0], out_size):
+        np.matmul(w, a[lo:hi].astype(np.float32, copy=False), out=out[first:first + w.shape[0]])
+    return out
+
+
+def _resize_cols(a: np.ndarray, out_size: int) -> np.ndarray:
+    """Resize axis 1 of a 2-D ``[M, N]`` array -> float32 ``[M, out_size]``."""
+    out = np.empty((a.shape[0], out_size), dtype=np.float32)
+    for first, lo, hi, w in _aa_blocks(a.shape[1], out_size):
+        np.matmul(a[:, lo:hi].astype(np.float32, copy=False), w.T, out=out[:, first:first + w.shape[0]])
+    return out
 
 
 def prepare_array(arr: np.ndarray, size: Sequence[int], mean: Sequence[float],
@@ -151,12 +179,16 @@ def prepare_array(arr: np.ndarray, size: Sequence[int], mean: Sequence[float],
         raise ValueError(f"normalization has {len(mean)} mean / {len(std)} std values for {channels} channels")
     scale = 1.0 / 255.0 if arr.dtype == np.uint8 else 1.0 / 65535.0
     height, width = int(size[0]), int(size[1])
-    out = arr  # resized from the raw integers (the filter is linear), scaled once at the end
-    if out.shape[0] != height:
-        out = _resize_axis(out, 0, height)
-    if out.shape[1] != width:
-        out = _resize_axis(out, 1, width)
-    mean_a = np.asarray(mean, dtype=np.float32)
-    std_a = np.asarray(std, dtype=np.float32)
-    out = (out.astype(np.float32) * np.float32(scale) - mean_a) / std_a  # [h, w, C]
-    return np.ascontiguousarray(out.transpose(2, 0, 1))  # [C, h, w]
+    # Resized from the raw integers (the filter is linear), scaled once at the end: rows first on
+    # [H, W*C], then columns on [h*C, W], which leaves the channels-first layout the model takes.
+    in_h, in_w = arr.shape[:2]
+    rows = arr.reshape(in_h, in_w * channels)
+    if in_h != height:
+        rows = _resize_rows(rows, height)
+    cols = np.ascontiguousarray(rows.reshape(height, in_w, channels).transpose(0, 2, 1)).reshape(height * channels, in_w)
+    if in_w != width:
+        cols = _resize_cols(cols, width)
+    out = cols.reshape(height, channels, width).transpose(1, 0, 2)  # [C, h, w]
+    mean_a = np.asarray(mean, dtype=np.float32)[:, None, None]
+    std_a = np.asarray(std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((out.astype(np.float32, copy=False) * np.float32(scale) - mean_a) / std_a)
