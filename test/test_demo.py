@@ -93,3 +93,14 @@ def test_demo_starts_the_nodes_of_the_demo_launch_file():
     assert args[-4:] == ["-p", "model_path:=m.onnx", "-p", "device:=cpu"]
     for spec in specs.values():
         __import__(spec.module)  # every executable is a module of the package
+
+
+def test_training_drive_shape_flags():
+    drives = demo.Drives(seed=2, train_s=30.0, train_scene_min_s=0.2, train_scene_max_s=0.4)
+    train = drives.configs()["train"]
+    assert (train.duration_s, train.scene_min_s, train.scene_max_s) == (30.0, 0.2, 0.4)
+    assert drives.configs()["test"].scene_min_s == demo.Drives().train_scene_min_s  # only the training drive
+    assert drives.bag_name("train").endswith("_scenes0.2-0.4s") and "scenes" not in demo.Drives().bag_name("train")
+    bad = subprocess.run([sys.executable, str(REPO_ROOT / "training" / "demo.py"), "--train-scenes-s", "0.4", "0.2"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--train-scenes-s needs 0 < MIN <= MAX" in bad.stderr

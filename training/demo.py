@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full-labels", action="store_true", help="label every training scene (--label-share 1)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="drive lengths times this (default 1: 200 s / 40 s / 80 s at 5 Hz)")
+    parser.add_argument("--train-s", type=float, help="length of the training drive in s (default: 200 x --scale)")
+    parser.add_argument("--train-scenes-s", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        default=(DEFAULTS.train_scene_min_s, DEFAULTS.train_scene_max_s),
+                        help="scene lengths of the training drive in s (default %(default)s; shorter: more scenes, same frames)")
     parser.add_argument("--rate", type=float, default=4.0, help="live replay speed factor (default %(default)s)")
     parser.add_argument("--live-teacher", action="store_true", help="run teacher_node live beside student_node")
     parser.add_argument("--no-live", action="store_true", help="stop after the offline evaluation")
@@ -42,9 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     share = 1.0 if args.full_labels else args.label_share
     if not 0.0 < share <= 1.0 or not args.scale > 0 or not args.rate > 0:
         parser.error("--label-share must be in (0, 1], --scale and --rate > 0")
+    if args.train_s is not None and not args.train_s > 0:
+        parser.error("--train-s must be > 0")
+    if not 0 < args.train_scenes_s[0] <= args.train_scenes_s[1]:
+        parser.error("--train-scenes-s needs 0 < MIN <= MAX")
     config = config_lib.load(args.config, [f"seed={args.seed}", *args.overrides])
-    drives = Drives(seed=args.seed, label_share=share, train_s=DEFAULTS.train_s * args.scale,
-                    val_s=DEFAULTS.val_s * args.scale, test_s=DEFAULTS.test_s * args.scale)
+    drives = Drives(seed=args.seed, label_share=share,
+                    train_s=args.train_s if args.train_s is not None else DEFAULTS.train_s * args.scale,
+                    val_s=DEFAULTS.val_s * args.scale, test_s=DEFAULTS.test_s * args.scale,
+                    train_scene_min_s=args.train_scenes_s[0], train_scene_max_s=args.train_scenes_s[1])
     result = run_demo(config, args.out, drives, live=not args.no_live, live_teacher=args.live_teacher,
                       rate=args.rate)
     print(result.summary)

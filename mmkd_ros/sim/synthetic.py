@@ -57,6 +57,8 @@ frame ``i`` of a camera from ``default_rng([seed, camera, i])``, independent of 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -575,31 +577,69 @@ def render_pair(label: str, seed: int = 0, height: int = 480, width: int = 640,
         canvas, scene.start_ns, 0)
 
 
-def iter_messages(config: SyntheticConfig,
-                  plan: RecordingPlan | None = None) -> Iterator[tuple[FrameEvent, object]]:
+def _scene_of(plan: RecordingPlan) -> dict[int, int]:
+    """Scene index of each camera event (by its capture stamp), keyed by the event's position in ``plan.events``."""
+    starts = np.array([s.start_ns for s in plan.scenes], np.int64)
+    return {i: int(np.searchsorted(starts, e.stamp_ns, side="right") - 1)
+            for i, e in enumerate(plan.events) if e.kind != "label"}
+
+
+_WORKER_RENDERER: dict[SyntheticConfig, "SceneRenderer"] = {}
+
+
+def _scene_frames(renderer: "SceneRenderer", scene: Scene, events: list[FrameEvent]) -> list[np.ndarray]:
+    """The camera frames of one scene, in the order of its events."""
+    canvas = renderer.render_scene(scene)
+    return [renderer.rgb_frame(canvas, e.stamp_ns, e.index) if e.kind == "rgb"
+            else renderer.nir_frame(canvas, e.stamp_ns, e.index) for e in events]
+
+
+def _scene_frames_in_worker(task: tuple[SyntheticConfig, Scene, list[FrameEvent]]) -> list[np.ndarray]:
+    """:func:`_scene_frames` in a render worker process (one renderer per config and process)."""
+    config, scene, events = task
+    renderer = _WORKER_RENDERER.get(config) or _WORKER_RENDERER.setdefault(config, SceneRenderer(config))
+    return _scene_frames(renderer, scene, events)
+
+
+def iter_messages(config: SyntheticConfig, plan: RecordingPlan | None = None,
+                  workers: int = 1) -> Iterator[tuple[FrameEvent, object]]:
     """Yield ``(event, payload)`` in bag order: RGB/NIR arrays or the label string.
 
-    Renders each scene once and crops every frame from it at the frame's own capture time; the
-    two most recent canvases are kept because a jittered NIR frame can still belong to the
-    previous scene after the next one started.
+    Renders each scene once and crops every frame from it at the frame's own capture time (a
+    jittered NIR frame can still belong to the previous scene after the next one started).
+    ``workers > 1`` renders scenes in that many processes, in order; the frames are the same,
+    since every draw is seeded by scene and frame index, not by render order.
     """
     plan = plan or plan_recording(config)
-    renderer = SceneRenderer(config)
-    starts = np.array([s.start_ns for s in plan.scenes], np.int64)
-    canvases: dict[int, _SceneCanvas] = {}
-    for event in plan.events:
-        if event.kind == "label":
-            yield event, plan.scenes[event.index].label if config.labelled(event.index) else ""
-            continue
-        scene_index = int(np.searchsorted(starts, event.stamp_ns, side="right") - 1)
-        if scene_index not in canvases:
-            canvases = {k: v for k, v in canvases.items() if k >= scene_index - 1}
-            canvases[scene_index] = renderer.render_scene(plan.scenes[scene_index])
-        canvas = canvases[scene_index]
-        if event.kind == "rgb":
-            yield event, renderer.rgb_frame(canvas, event.stamp_ns, event.index)
-        else:
-            yield event, renderer.nir_frame(canvas, event.stamp_ns, event.index)
+    scene_of = _scene_of(plan)
+    by_scene: dict[int, list[FrameEvent]] = {}
+    for i, k in scene_of.items():
+        by_scene.setdefault(k, []).append(plan.events[i])
+    if workers > 1:
+        import multiprocessing  # deferred: only a parallel render needs it
+
+        pool = multiprocessing.get_context("spawn").Pool(workers)  # spawn: the caller may hold torch/DDS threads
+        rendered = zip(by_scene, pool.imap(_scene_frames_in_worker, ((config, plan.scenes[k], events)
+                                                                  for k, events in by_scene.items()), chunksize=4))
+    else:
+        pool = None
+        renderer = SceneRenderer(config)
+        rendered = ((k, _scene_frames(renderer, plan.scenes[k], events)) for k, events in by_scene.items())
+    frames: dict[int, Iterator[np.ndarray]] = {}  # scene -> its frames not yet yielded (at most two scenes)
+    try:
+        for i, event in enumerate(plan.events):
+            if event.kind == "label":
+                yield event, plan.scenes[event.index].label if config.labelled(event.index) else ""
+                continue
+            k = scene_of[i]
+            while k not in frames:
+                done, payloads = next(rendered)
+                frames = {j: f for j, f in frames.items() if j >= done - 1}
+                frames[done] = iter(payloads)
+            yield event, next(frames[k])
+    finally:
+        if pool is not None:
+            pool.terminate()
 
 
 @dataclass(frozen=True)
@@ -613,8 +653,10 @@ class BagSummary:
 
 
 def write_bag(out: str | Path, config: SyntheticConfig = SyntheticConfig(),
-              progress: bool = False) -> BagSummary:
+              progress: bool = False, workers: int = 1) -> BagSummary:
     """Write the simulated recording as a rosbag2 (mcap or sqlite3) at ``out`` (a new folder).
+
+    ``workers``: processes that render scenes (:func:`iter_messages`); the bag is the same for any number.
 
     Messages use ROS 2 Jazzy type definitions (``sensor_msgs/Image``, ``CompressedImage`` and
     ``std_msgs/String`` are identical in Humble and Jazzy); bag format version 9.
@@ -622,6 +664,23 @@ def write_bag(out: str | Path, config: SyntheticConfig = SyntheticConfig(),
     out = Path(out)
     if out.exists():
         raise BagError(f"{out} exists already: choose a new --out path or delete it first")
+    # Written into a temporary folder beside ``out`` and renamed when complete: a failed or
+    # interrupted run leaves no half bag at ``out`` for a later run to take as finished.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # (The bag keeps its own name inside the staging folder: rosbag2 names its files after it.)
+    staging = out.parent / f".{out.name}.{os.getpid()}-writing"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        summary = _write_bag(staging / out.name, config, progress, workers)
+        (staging / out.name).rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BagSummary(out, summary.scenes, summary.counts, summary.dropped_nir)
+
+
+def _write_bag(out: Path, config: SyntheticConfig, progress: bool, workers: int) -> BagSummary:
+    """:func:`write_bag` into ``out`` as it is (no staging)."""
     typestore = get_typestore(Stores.ROS2_JAZZY)
     plan = plan_recording(config)
     plugin = StoragePlugin.MCAP if config.storage == "mcap" else StoragePlugin.SQLITE3
@@ -630,7 +689,7 @@ def write_bag(out: str | Path, config: SyntheticConfig = SyntheticConfig(),
         if config.compressed_rgb else (RGB_TOPIC, image_type)
     string_cls = typestore.types["std_msgs/msg/String"]
     counts = {rgb_topic: 0, NIR_TOPIC: 0, LABEL_TOPIC: 0}
-    messages = iter_messages(config, plan)
+    messages = iter_messages(config, plan, workers)
     if progress:
         from tqdm import tqdm
 

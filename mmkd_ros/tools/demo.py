@@ -64,6 +64,8 @@ BASELINE = "ce"
 #: The launch file whose nodes the live phase starts (names, remappings, parameter files, sim time).
 DEMO_LAUNCH = REPO_ROOT / "launch" / "demo.launch.py"
 REPLAY_NODE = "replay"
+RENDER_WORKERS = 8  # processes that render a drive's scenes, at most
+PARALLEL_RENDER_SCENES = 150  # drives with fewer scenes render in this process (starting workers costs ~1 s)
 
 
 @dataclass(frozen=True)
@@ -79,17 +81,26 @@ class Drives:
     train_s: float = 200.0  # about 220 scenes
     val_s: float = 40.0
     test_s: float = 80.0  # about 90 scenes
+    # Scene lengths of the training drive (the validation and test drives keep 0.6-1.2 s). Shorter
+    # scenes: more scenes for the same frames. A fixed length equal to the frame period (0.2 s) puts
+    # every scene start on an RGB frame time, so jittered NIR frames pair across scenes (BENCHMARKS.md).
+    train_scene_min_s: float = 0.6
+    train_scene_max_s: float = 1.2
 
     def configs(self) -> dict[str, SyntheticConfig]:
         common = {"rgb_rate_hz": 5.0, "nir_rate_hz": 5.0, "scene_min_s": 0.6, "scene_max_s": 1.2,
                   "width": 320, "height": 240}
+        train = {**common, "scene_min_s": self.train_scene_min_s, "scene_max_s": self.train_scene_max_s}
         return {"train": SyntheticConfig(seed=self.seed, duration_s=self.train_s, label_share=self.label_share,
-                                         **common),
+                                         **train),
                 "val": SyntheticConfig(seed=self.seed + 1000, duration_s=self.val_s, **common),
                 "test": SyntheticConfig(seed=self.seed + 2000, duration_s=self.test_s, **common)}
 
     def bag_name(self, split: str) -> str:
         share = f"_labels{self.label_share:g}" if split == "train" else ""
+        scenes = (self.train_scene_min_s, self.train_scene_max_s)
+        if split == "train" and scenes != (Drives.train_scene_min_s, Drives.train_scene_max_s):
+            share += f"_scenes{scenes[0]:g}-{scenes[1]:g}s"
         seconds = {"train": self.train_s, "val": self.val_s, "test": self.test_s}[split]
         return f"{split}_seed{self.seed}_{seconds:g}s{share}"
 
@@ -342,13 +353,23 @@ def _bar_chart(metrics: dict[str, dict[str, float]], closed: dict[str, float], t
     plt.close(fig)
 
 
+def _cores() -> int:
+    """CPU cores this process may run on (its affinity, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def write_drives(drives: Drives, out: Path, progress: bool = False) -> dict[str, Path]:
-    """The drives' bags under ``out/bags`` (split -> bag; a bag already there is kept)."""
+    """The drives' bags under ``out/bags`` (split -> bag; a bag already there is kept).
+
+    A drive of many scenes is rendered on every core (:data:`RENDER_WORKERS` at most): the same bag, sooner.
+    """
     bags = {split: out / "bags" / drives.bag_name(split) for split in ("train", "val", "test")}
     for split, sim in drives.configs().items():
         if not bags[split].exists():
             print(f"writing the {split} drive: {bags[split]}", flush=True)
-            write_bag(bags[split], sim, progress=progress)
+            many = len(plan_recording(sim).scenes) >= PARALLEL_RENDER_SCENES
+            write_bag(bags[split], sim, progress=progress,
+                      workers=min(_cores(), RENDER_WORKERS) if many else 1)
     return bags
 
 

@@ -62,6 +62,18 @@ def test_frames_are_deterministic_for_a_seed_and_differ_between_seeds():
     assert digest(5) != digest(6)
 
 
+@pytest.mark.parametrize("scenes_s", [(0.2, 0.2), (0.5, 0.8)], ids=["one frame per scene", "several"])
+def test_parallel_render_gives_the_same_messages(scenes_s):
+    # Scenes of one frame put jittered NIR frames of a scene after the next scene's first frame.
+    config = synthetic.SyntheticConfig(seed=4, **{**SMALL, "rgb_rate_hz": 5.0, "nir_rate_hz": 5.0,
+                                                  "scene_min_s": scenes_s[0], "scene_max_s": scenes_s[1]})
+    serial = list(synthetic.iter_messages(config))
+    parallel = list(synthetic.iter_messages(config, workers=2))
+    assert [e for e, _ in parallel] == [e for e, _ in serial]
+    for (event, a), (_, b) in zip(serial, parallel):
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, event
+
+
 def test_nir_separates_classes_that_look_alike_in_rgb():
     """The physics the demo relies on: same green in RGB, different NIR (red edge)."""
     def ratios(label):
@@ -124,3 +136,20 @@ def test_make_demo_bag_cli(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and again.stderr.startswith("error: ")
     assert "exists already" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_failed_write_leaves_no_bag(tmp_path, monkeypatch):
+    real = synthetic.iter_messages
+
+    def broken(*args, **kwargs):
+        yield from list(real(*args, **kwargs))[:5]
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the drive
+
+    monkeypatch.setattr(synthetic, "iter_messages", broken)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_bag(tmp_path / "drive", synthetic.SyntheticConfig(seed=1, **SMALL))
+    assert list(tmp_path.iterdir()) == []  # neither the bag nor its staging folder
+    monkeypatch.undo()
+    summary = synthetic.write_bag(tmp_path / "drive", synthetic.SyntheticConfig(seed=1, **SMALL))
+    assert summary.path == tmp_path / "drive" and sorted(p.name for p in summary.path.iterdir())[-1] == "metadata.yaml"
+    assert list(tmp_path.iterdir()) == [tmp_path / "drive"]
