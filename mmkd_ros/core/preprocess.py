@@ -125,7 +125,7 @@ def _aa_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     return index, weight
 
 
-#: Outputs per block of the banded resize (measured on 640x480 -> 96x96: 8 beats 4, 16 and a gather of taps).
+#: Outputs per block of the banded resize (measured on 640x480 -> 96x96: 8 beats 16, 32 and a gather of all taps).
 BLOCK = 8
 
 
