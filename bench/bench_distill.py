@@ -27,11 +27,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 from mmkd_ros.train import config as config_lib
+from mmkd_ros.data.dataset import open_dataset
 from mmkd_ros.data.extract import BagOptions, extract_bags
 from mmkd_ros.sim.synthetic import SyntheticConfig, write_bag
 from mmkd_ros.tools.evaluate import evaluate
 from mmkd_ros.train.distill import distill
-from mmkd_ros.train.loop import run_finished
+from mmkd_ros.train.loop import claim_run, file_digest, finish_run, run_identity
 from mmkd_ros.train.teacher import train_teacher
 from report_section import replace_section
 
@@ -43,17 +44,28 @@ def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple
              reuse: bool = False) -> dict:
     """Teacher and every student for one seed; returns evaluate()'s report of the test split.
 
-    ``reuse``: keep runs of ``out`` that finished all their epochs (delete a run's folder to redo it).
+    ``reuse``: keep runs of ``out`` whose ``run.json`` records this code, config and inputs
+    (:func:`~mmkd_ros.train.loop.claim_run`); any other run is made again.
     """
-    teacher = out / "teacher" / "teacher.pt"
-    if not (reuse and teacher.is_file() and run_finished(teacher.parent, config.teacher.epochs)):
-        teacher = train_teacher(config, dataset, out / "teacher")
+    key = open_dataset(dataset).cache_key
+    teacher_dir = out / "teacher"
+    state = claim_run(teacher_dir, run_identity(config_lib.to_dict(config), {"dataset": key}), reuse)
+    if state == "reuse":
+        teacher = teacher_dir / "teacher.pt"
+    else:
+        teacher = train_teacher(config, dataset, teacher_dir, resume=state == "resume")
+        finish_run(teacher_dir)
     checkpoints = {"teacher": teacher}
+    inputs = {"dataset": key, "teacher": file_digest(teacher)}
     for method in methods:
         method_config = config_lib.with_method(config, method)
-        student = out / method / "student.pt"
-        if not (reuse and student.is_file() and run_finished(student.parent, config.distill.epochs)):
-            student = distill(method_config, dataset, teacher, out / method)
+        run_dir = out / method
+        state = claim_run(run_dir, run_identity(config_lib.to_dict(method_config), inputs), reuse)
+        if state == "reuse":
+            student = run_dir / "student.pt"
+        else:
+            student = distill(method_config, dataset, teacher, run_dir, resume=state == "resume")
+            finish_run(run_dir)
         checkpoints[method] = student
     return evaluate(checkpoints, dataset, out / "eval", split="test", latency_runs=30)
 

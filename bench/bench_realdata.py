@@ -16,7 +16,9 @@ BENCHMARKS.md.
 
 ``--label-share 0.25`` keeps the labels of a quarter of the training bags only (the others become
 unlabelled drives), the setting of a robot that records far more than anyone annotates.
-Runs already finished in ``--work`` are reused, so an interrupted study continues.
+Runs already finished in ``--work`` are reused, and an interrupted one continues, only when their
+``run.json`` records the same source, resolved config and inputs (dataset, teacher file); any other
+run is deleted and made again.
 """
 from __future__ import annotations
 
@@ -73,27 +75,39 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def dataset_key(dataset: str) -> str:
+    from mmkd_ros.data.dataset import open_dataset
+
+    return open_dataset(dataset).cache_key
+
+
 def train_teacher_job(config_tree: dict, dataset: str, out: str) -> str:
+    """The teacher of a seed; reused only when ``run.json`` records this code, config and dataset."""
+    from mmkd_ros.train.loop import claim_run, finish_run, run_identity
     from mmkd_ros.train.teacher import train_teacher
 
-    done = Path(out) / "teacher.pt"
-    if done.is_file() and (Path(out) / "done").is_file():
-        return str(done)
-    resume = (Path(out) / "last.pt").is_file()
-    path = train_teacher(config_lib.from_dict(config_tree), dataset, out, resume=resume)
-    (Path(out) / "done").write_text("ok\n")
+    run = Path(out)
+    state = claim_run(run, run_identity(config_tree, {"dataset": dataset_key(dataset)}))
+    if state == "reuse":
+        return str(run / "teacher.pt")
+    path = train_teacher(config_lib.from_dict(config_tree), dataset, out, resume=state == "resume")
+    finish_run(run)
     return str(path)
 
 
 def distill_job(config_tree: dict, dataset: str, teacher: str, out: str) -> str:
+    """A student (or ``ce``/``twin``); reused only when ``run.json`` records this code, config, dataset
+    and teacher file."""
     from mmkd_ros.train.distill import distill
+    from mmkd_ros.train.loop import claim_run, file_digest, finish_run, run_identity
 
-    done = Path(out) / "student.pt"
-    if done.is_file() and (Path(out) / "done").is_file():
-        return str(done)
-    resume = (Path(out) / "last.pt").is_file()
-    path = distill(config_lib.from_dict(config_tree), dataset, teacher, out, resume=resume)
-    (Path(out) / "done").write_text("ok\n")
+    run = Path(out)
+    inputs = {"dataset": dataset_key(dataset), "teacher": file_digest(teacher)}
+    state = claim_run(run, run_identity(config_tree, inputs))
+    if state == "reuse":
+        return str(run / "student.pt")
+    path = distill(config_lib.from_dict(config_tree), dataset, teacher, out, resume=state == "resume")
+    finish_run(run)
     return str(path)
 
 

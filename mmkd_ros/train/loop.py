@@ -13,8 +13,11 @@ it, identically for both, top to bottom in one function (as nanoGPT's ``train.py
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import random
+import shutil
 import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -27,9 +30,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mmkd_ros.core import artifact
-from mmkd_ros.core.atomic import atomic_path, remove_stale_temps
+from mmkd_ros.core.atomic import atomic_path, remove_stale_temps, write_atomic
 from mmkd_ros.core.errors import CheckpointError, ConfigError, DatasetError
 from mmkd_ros.core.metrics import classification_metrics
+from mmkd_ros.core.provenance import code_version
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.data.dataset import open_dataset
 from mmkd_ros.train.config import Config
@@ -37,6 +41,7 @@ from mmkd_ros.train.data import predict_logits
 from mmkd_ros.train.distributed import Runtime
 
 LAST_NAME = "last.pt"
+RUN_RECORD = "run.json"  # what made a benchmark's run (claim_run), and whether it finished
 
 
 class Recipe(Protocol):
@@ -250,6 +255,55 @@ def run_finished(run_dir: Path, epochs: int) -> bool:
     if not last.is_file():
         return False
     return int(artifact.load_checkpoint(last).get("train_state", {}).get("epoch", 0)) >= epochs
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (a teacher checkpoint as a student run's input)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_identity(config_tree: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
+    """What decides a run's result: the source digest (:func:`code_version`), the resolved config and
+    the inputs (e.g. the dataset's cache key, the teacher's :func:`file_digest`), as JSON reads them back."""
+    return json.loads(json.dumps({"code": code_version()["source"], "config": config_tree, "inputs": inputs}))
+
+
+def claim_run(run_dir: Path, identity: dict[str, Any], reuse: bool = True) -> str:
+    """Decide what a benchmark does with ``run_dir`` for a run of ``identity`` (:func:`run_identity`).
+
+    ``"reuse"``: the folder's ``run.json`` records this identity and a finished run; ``"resume"``:
+    this identity, interrupted (``last.pt`` is there); ``"fresh"``: anything else (no record, other
+    code, config or inputs, or ``reuse`` false): the folder is emptied and the identity recorded, so
+    a figure never mixes runs of different code. Call :func:`finish_run` when the run is complete.
+    """
+    record_path = run_dir / RUN_RECORD
+    if reuse and record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except ValueError:
+            record = {}
+        if record.get("identity") == identity:
+            if record.get("finished"):
+                return "reuse"
+            if (run_dir / LAST_NAME).is_file():
+                return "resume"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_atomic(record_path, json.dumps({"identity": identity, "finished": False}, indent=1))
+    return "fresh"
+
+
+def finish_run(run_dir: Path) -> None:
+    """Mark a run claimed with :func:`claim_run` as complete (reused from now on)."""
+    record_path = run_dir / RUN_RECORD
+    record = json.loads(record_path.read_text())
+    record["finished"] = True
+    write_atomic(record_path, json.dumps(record, indent=1))
 
 
 def record_final(out_dir: Path, names: Sequence[str], extra: dict[str, Any]) -> None:

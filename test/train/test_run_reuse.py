@@ -1,0 +1,58 @@
+"""Benchmarks reuse a finished run only when it was made by the same code, config and inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import bench_realdata
+from mmkd_ros.train import config as config_lib
+from mmkd_ros.train.loop import RUN_RECORD, claim_run, finish_run, run_identity
+
+
+def test_claim_run_states(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = run_identity({"seed": 0, "size": (32, 32)}, {"dataset": "k1"})
+    assert claim_run(run, first) == "fresh"
+    assert json.loads((run / RUN_RECORD).read_text()) == {"identity": first, "finished": False}
+    assert claim_run(run, first) == "fresh"  # claimed, but nothing was trained: no last.pt
+    (run / "last.pt").write_bytes(b"x")
+    assert claim_run(run, first) == "resume"  # interrupted run of the same identity
+    finish_run(run)
+    assert claim_run(run, first) == "reuse"
+    assert claim_run(run, first, reuse=False) == "fresh"
+    assert not (run / "last.pt").exists()  # a fresh claim empties the folder
+    finish_run(run)
+    (run / "student.pt").write_bytes(b"old")
+    for other in (run_identity({"seed": 1, "size": (32, 32)}, {"dataset": "k1"}),  # other config
+                  run_identity({"seed": 0, "size": (32, 32)}, {"dataset": "k2"})):  # other data
+        assert claim_run(run, other) == "fresh"
+        assert not (run / "student.pt").exists()
+        finish_run(run)
+    record = json.loads((run / RUN_RECORD).read_text())
+    record["identity"]["code"] = "another source tree"
+    (run / RUN_RECORD).write_text(json.dumps(record))
+    assert claim_run(run, other) == "fresh"  # made by other code
+    (run / RUN_RECORD).write_text("{torn")
+    assert claim_run(run, other) == "fresh"
+
+
+def test_realdata_jobs_reuse_only_matching_runs(tiny_dataset: Path, tiny_config: config_lib.Config,
+                                                 tmp_path: Path) -> None:
+    tree = config_lib.to_dict(tiny_config)
+    out = tmp_path / "teacher"
+    teacher = bench_realdata.train_teacher_job(tree, str(tiny_dataset), str(out))
+    made = Path(teacher).stat().st_mtime_ns
+    assert bench_realdata.train_teacher_job(tree, str(tiny_dataset), str(out)) == teacher
+    assert Path(teacher).stat().st_mtime_ns == made  # same code, config, data: reused
+    student_tree = config_lib.to_dict(config_lib.with_method(tiny_config, "ce"))
+    student = bench_realdata.distill_job(student_tree, str(tiny_dataset), teacher, str(tmp_path / "ce"))
+    made_student = Path(student).stat().st_mtime_ns
+    assert bench_realdata.distill_job(student_tree, str(tiny_dataset), teacher,
+                                      str(tmp_path / "ce")) == student
+    assert Path(student).stat().st_mtime_ns == made_student
+    # another config trains again; so does a student whose teacher file changed
+    other = config_lib.to_dict(config_lib.replace(tiny_config, seed=tiny_config.seed + 1))
+    assert bench_realdata.train_teacher_job(other, str(tiny_dataset), str(out)) == teacher
+    assert Path(teacher).stat().st_mtime_ns != made
+    bench_realdata.distill_job(student_tree, str(tiny_dataset), teacher, str(tmp_path / "ce"))
+    assert Path(student).stat().st_mtime_ns != made_student
