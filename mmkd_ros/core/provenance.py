@@ -16,6 +16,10 @@ from mmkd_ros import __version__
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 #: What decides a trained model or a benchmark figure: the package, configs, entry points, benches, pins.
 SOURCE_PATHS = ("mmkd_ros", "config", "training", "bench", "setup.py", "requirements.txt")
+#: What benchmarks write under SOURCE_PATHS (their charts): outputs, not code; a study that draws
+#: its chart must not make the next study's runs look as if other code had made them.
+OUTPUT_PATHS = ("bench/figures",)
+_PATHSPEC = (*SOURCE_PATHS, *(f":(exclude){p}" for p in OUTPUT_PATHS))
 
 
 def _git(*args: str) -> bytes:
@@ -25,15 +29,17 @@ def _git(*args: str) -> bytes:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict[str, str]:
-    """``{"source": digest of SOURCE_PATHS as they are on disk, "commit": HEAD or HEAD+dirty}``.
+    """``{"source": digest of SOURCE_PATHS (less OUTPUT_PATHS) as on disk, "commit": HEAD or HEAD+dirty}``.
 
     Outside a git checkout (an installed package) both name the package version.
     """
     try:
         commit = _git("rev-parse", "HEAD").decode().strip()
-        trees = _git("ls-tree", "HEAD", "--", *SOURCE_PATHS)  # object ids of the committed source
-        changes = _git("diff", "HEAD", "--binary", "--", *SOURCE_PATHS)  # tracked edits, staged or not
-        untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *SOURCE_PATHS).split(b"\0")
+        listed = _git("ls-tree", "-r", "HEAD", "--", *SOURCE_PATHS).splitlines(keepends=True)
+        trees = b"".join(line for line in listed  # object ids of the committed source, outputs left out
+                         if not line.split(b"\t", 1)[-1].startswith(tuple(f"{p}/".encode() for p in OUTPUT_PATHS)))
+        changes = _git("diff", "HEAD", "--binary", "--", *_PATHSPEC)  # tracked edits, staged or not
+        untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *_PATHSPEC).split(b"\0")
     except (OSError, subprocess.SubprocessError):
         return {"source": f"mmkd_ros {__version__}", "commit": f"mmkd_ros {__version__}"}
     digest = hashlib.sha256(trees + changes)
