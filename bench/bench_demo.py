@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mmkd_ros.core.atomic import write_atomic
-from mmkd_ros.core.provenance import code_version
+from mmkd_ros.core.provenance import code_version, made_by
 from mmkd_ros.tools.demo import BASELINE, Drives, run_demo, runs_dir
 from mmkd_ros.train import config as config_lib
 
@@ -218,8 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     sims = drives.configs()
     lines = [
         f"Command: `{command.strip()}` ({wall / 60:.1f} min, {torch.get_num_threads()} CPU threads, "
-        f"{platform.machine()}, torch {torch.__version__}; commit {code_version()['commit'][:12]}"
-        f"{'+dirty' if code_version()['commit'].endswith('dirty') else ''}, source {code_version()['source']}).",
+        f"{platform.machine()}, torch {torch.__version__}; {made_by()}).",
         "",
         f"Drives per seed s (`mmkd_ros.tools.demo.Drives`): training {drives.train_s:g} s (seed s), validation "
         f"{drives.val_s:g} s (seed s+1000, model selection), test {drives.test_s:g} s (seed s+2000: scenes no model "

@@ -32,6 +32,7 @@ from mmkd_ros.data.extract import BagOptions, extract_bags
 from mmkd_ros.sim.synthetic import SyntheticConfig, write_bag
 from mmkd_ros.tools.evaluate import evaluate
 from mmkd_ros.train.distill import distill
+from mmkd_ros.core.provenance import made_by
 from mmkd_ros.train.loop import claim_run, file_digest, finish_run, run_identity
 from mmkd_ros.train.teacher import train_teacher
 from report_section import replace_section
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python bench/bench_distill.py " + " ".join(argv if argv is not None else sys.argv[1:])
     body = "\n".join([
         f"Command: `{command.strip()}` ({wall / 60:.1f} min on {torch.get_num_threads()} CPU threads, "
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}).",
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}; {made_by()}).",
         "",
         f"Data: {'the bag ' + str(args.bag) if args.bag else f'the demo bag simulator (SyntheticConfig(seed=s, duration_s={args.duration:g}): scenes of 1.2-2.6 s, so about {args.duration / 1.9:.0f} scenes per bag)'}, "
         f"pairs extracted with every={args.every}, split by scene (70/15/15 % of the scenes of each class); "

@@ -42,6 +42,7 @@ from mmkd_ros.data.extract import BagOptions, extract_bags
 from mmkd_ros.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from mmkd_ros.data.splits import read_bag_splits
 from mmkd_ros.core.errors import DatasetError, run_cli
+from mmkd_ros.core.provenance import made_by
 
 STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat")  # the methods with a teacher term
 TWIN_ARCH = "rgb_twin_resnet18_mid"
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     ratio_f = summary["ce"]["flops"] / teacher["flops"]
     body = "\n".join([
         f"Command: `python bench/bench_realdata.py {shown}` ({wall / 60:.1f} min, {args.jobs} processes x 1 "
-        f"thread, {platform.machine()}).",
+        f"thread, {platform.machine()}; {made_by()}).",
         "",
         f"Frames (every {args.every}-th of each bag): " + "; ".join(
             f"{split}: {c['labelled']} labelled, {c['unlabelled']} unlabelled" for split, c in sorted(frames.items()))

@@ -50,3 +50,10 @@ def code_version() -> dict[str, str]:
             digest.update(path.read_bytes())
     dirty = bool(changes) or any(untracked)
     return {"source": digest.hexdigest()[:16], "commit": f"{commit}+dirty" if dirty else commit}
+
+
+def made_by() -> str:
+    """``commit <12 hex>[+dirty], source <digest>``: how a benchmark's section names the code that wrote it."""
+    version = code_version()
+    dirty = "+dirty" if version["commit"].endswith("+dirty") else ""
+    return f"commit {version['commit'][:12]}{dirty}, source {version['source']}"
