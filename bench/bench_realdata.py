@@ -6,7 +6,8 @@ teacher (``rgb_twin_resnet18_mid``: is the teacher's edge NIR or capacity?), and
 ``kd``, ``feat_l2``, ``adv``, ``adv+kd`` and ``adv+kd+feat``, each trained twice: on every paired
 frame of the training bags (labelled or not; cross-entropy only where a label exists) and on the
 labelled frames only. Everything at one budget; evaluated on the validation bags (the converters'
-image / block split). Reports accuracy and macro-F1 (mean ± std), the share of the ce-to-teacher
+image / block split). Reports accuracy and macro-F1 (mean ± std over seeds, and a 95 % interval
+over the validation bags, drawn with replacement), the share of the ce-to-teacher
 gap each closes, parameters, FLOPs and CPU latency, writes a bar chart PNG and its section of
 BENCHMARKS.md.
 
@@ -170,11 +171,45 @@ def gap_shares(reports: list[dict], name: str, key: str) -> list[float]:
     return shares
 
 
+def bag_intervals(reports: list[dict], names: list[str], rounds: int = 1000) -> dict[str, dict[str, tuple]]:
+    """95 % intervals of each model's seed-mean macro-F1, and of its difference to ``ce``, when the
+    validation bags (images, blocks) are drawn with replacement: the spread the choice of validation
+    images adds, which mean ± std over seeds does not show."""
+    import numpy as np
+
+    from mmkd_ros.core.metrics import group_bootstrap, weighted_macro_f1
+
+    samples = reports[0]["samples"]
+    if any(r["samples"] != samples for r in reports):
+        raise DatasetError("the seeds' reports were scored on different validation frames; run the study again")
+    true, k = np.asarray(samples["labels"]), len(reports[0]["classes"])
+    preds = {n: [np.asarray(r["models"][n]["predictions"]) for r in reports] for n in names}
+
+    def seed_mean(name: str, weights: np.ndarray) -> float:
+        return float(np.mean([weighted_macro_f1(p, true, k, weights) for p in preds[name]]))
+
+    out = {}
+    for name in names:
+        out[name] = {"macro_f1": group_bootstrap(samples["groups"], lambda w: seed_mean(name, w), rounds)}
+        if name != "ce":
+            out[name]["minus_ce"] = group_bootstrap(
+                samples["groups"], lambda w: seed_mean(name, w) - seed_mean("ce", w), rounds)
+    return out
+
+
+def interval(bounds: tuple[float, float], signed: bool = False) -> str:
+    low, high = (100 * b for b in bounds)
+    return f"[{low:+.1f}, {high:+.1f}]" if signed else f"[{low:.1f}, {high:.1f}]"
+
+
 def summarise(reports: list[dict], names: list[str]) -> tuple[str, dict]:
-    lines = ["| model | inputs | unlabelled frames | accuracy % | macro-F1 % | gap closed, macro-F1 | "
+    bags = len(set(reports[0]["samples"]["groups"]))
+    lines = ["| model | inputs | unlabelled frames | accuracy % | macro-F1 % | macro-F1, 95 % interval over "
+             f"the {bags} val bags | minus ce, 95 % interval | gap closed, macro-F1 | "
              "gap closed, accuracy | params | MFLOPs | CPU ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary: dict = {}
+    intervals = bag_intervals(reports, names)
     for name in names:
         acc = [r["models"][name]["accuracy"] for r in reports]
         f1 = [r["models"][name]["macro_f1"] for r in reports]
@@ -184,12 +219,15 @@ def summarise(reports: list[dict], names: list[str]) -> tuple[str, dict]:
         gap_f1 = [] if special else gap_shares(reports, name, "macro_f1")
         gap_acc = [] if special else gap_shares(reports, name, "accuracy")
         summary[name] = {"accuracy": acc, "macro_f1": f1, "gap_macro_f1": gap_f1, "gap_accuracy": gap_acc,
-                         "params": first["params"], "flops": first["flops"], "latency_ms": lat}
+                         "params": first["params"], "flops": first["flops"], "latency_ms": lat,
+                         "bag_interval": intervals[name]}
         inputs = "RGB+NIR" if name == "teacher" else "RGB"
         unl = "-" if name in ("teacher", "ce", "twin") else ("no" if "-labelled" in name else "yes")
         base_text = "0 (baseline)" if name == "ce" else "-"
+        minus_ce = interval(intervals[name]["minus_ce"], signed=True) if "minus_ce" in intervals[name] else "-"
         lines.append(
-            f"| {name} | {inputs} | {unl} | {mean_std(acc)} | {mean_std(f1)} | "
+            f"| {name} | {inputs} | {unl} | {mean_std(acc)} | {mean_std(f1)} | {interval(intervals[name]['macro_f1'])} | "
+            f"{minus_ce} | "
             f"{mean_std(gap_f1, 1.0) if gap_f1 else base_text} | {mean_std(gap_acc, 1.0) if gap_acc else base_text} | "
             f"{first['params'] / 1e6:.2f} M | {first['flops'] / 1e6:.1f} | {lat:.2f} |")
     return "\n".join(lines), summary
@@ -327,6 +365,11 @@ def main(argv: list[str] | None = None) -> None:
         "branches, trained with cross-entropy. `-labelled` = the same method trained on labelled frames only.",
         "",
         table,
+        "",
+        "Intervals: the validation bags (images or blocks) drawn with replacement, 1000 times, each draw scoring "
+        "the seed-mean macro-F1 on the frames of the bags drawn (a bag drawn twice counts twice); 2.5-97.5 % "
+        "percentiles. An interval of \"minus ce\" that excludes 0 separates a method from the baseline for "
+        "these validation images, not only for these seeds.",
         "",
         f"Gap closed = (method - ce) / (teacher - ce), per seed, then mean ± std. Student: {ratio_p:.3f} of the "
         f"teacher's parameters, {ratio_f:.3f} of its FLOPs. Chart: `bench/figures/{figure.name}`.",

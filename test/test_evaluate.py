@@ -1,13 +1,14 @@
 """Evaluation: metric arithmetic by hand, and the report files for a teacher and a student."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from mmkd_ros.tools.evaluate import evaluate
 from mmkd_ros.models import build_model
 from mmkd_ros.core.artifact import make_checkpoint, save_checkpoint
-from mmkd_ros.core.metrics import classification_metrics
+from mmkd_ros.core.metrics import classification_metrics, group_bootstrap, weighted_macro_f1
 from tiny_pairs import CLASSES, write_tiny_pairs
 
 torch.set_num_threads(1)
@@ -51,3 +52,38 @@ def test_report_compares_teacher_and_student(tmp_path):
     assert "| teacher | rgb+nir |" in text and "| student[adv] | rgb |" in text
     for name in ("confusion_teacher.png", "confusion_student_adv.png", "curves_student_adv.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000, name
+    # per-frame predictions and groups (what a bootstrap over bags needs) agree with the metrics
+    samples = report["samples"]
+    assert len(samples["labels"]) == len(samples["groups"]) == teacher["num_labelled"]
+    assert len(set(samples["groups"])) > 1
+    for model in (teacher, student):
+        hits = sum(p == t for p, t in zip(model["predictions"], samples["labels"]))
+        assert hits / len(samples["labels"]) == pytest.approx(model["accuracy"])
+        assert weighted_macro_f1(np.array(model["predictions"]), np.array(samples["labels"]), len(CLASSES)) \
+            == pytest.approx(model["macro_f1"])
+
+
+def test_weighted_macro_f1_counts_weights_as_copies():
+    rng = np.random.default_rng(0)
+    true, pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    pred[:80] = true[:80]
+    reference = classification_metrics(torch.eye(4)[pred], torch.tensor(true), list("abcd"))["macro_f1"]
+    assert weighted_macro_f1(pred, true, 4) == pytest.approx(reference)
+    weights = rng.integers(0, 3, 200)
+    copies = np.repeat(np.arange(200), weights)
+    duplicated = classification_metrics(torch.eye(4)[pred[copies]], torch.tensor(true[copies]), list("abcd"))
+    assert weighted_macro_f1(pred, true, 4, weights.astype(float)) == pytest.approx(duplicated["macro_f1"])
+
+
+def test_group_bootstrap_draws_whole_groups():
+    groups = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
+    values = np.array([1.0] * 50 + [0.0] * 30 + [0.5] * 20)  # one value per group
+
+    def mean(weights):
+        return float((values * weights).sum() / weights.sum())
+
+    low, high = group_bootstrap(groups, mean, rounds=500)
+    assert 0.0 <= low < mean(np.ones(100)) < high <= 1.0  # spread of three groups, not of 100 frames
+    assert low < 0.3 and high > 0.8  # drawing "b" alone (0.0) or "a" alone (1.0) happens
+    assert group_bootstrap(["a"] * 10, lambda w: 0.7) == (0.7, 0.7)  # one group: no spread
+    assert group_bootstrap(groups, mean, rounds=200, seed=3) == group_bootstrap(groups, mean, rounds=200, seed=3)

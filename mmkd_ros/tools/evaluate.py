@@ -60,6 +60,10 @@ def evaluate(checkpoints: Sequence[str | Path] | dict[str, str | Path], data_dir
                               modalities=modalities)
         logits, labels = predict_logits(model.to(device), make_eval_loader(dataset, 64), modalities, device)
         metrics = classification_metrics(logits, labels, info.classes)
+        labelled = labels >= 0
+        samples = {"labels": labels[labelled].tolist(),  # the same for every model: one split, one order
+                   "groups": [r.group for r, keep in zip(dataset.records, labelled.tolist()) if keep]}
+        metrics["predictions"] = logits[labelled].argmax(1).tolist()
         cost = model_cost(model.cpu(), checkpoint, latency_runs)
         results[name] = {"checkpoint": str(path), "role": checkpoint["role"], "arch": checkpoint["arch"],
                          "modalities": modalities, "method": checkpoint["metrics"].get("method"),
@@ -75,7 +79,7 @@ def evaluate(checkpoints: Sequence[str | Path] | dict[str, str | Path], data_dir
         if curves.is_file():
             _plot_curves(curves, name, out_dir / f"curves_{_slug(name)}.png")
     report = {"dataset": str(data_dir), "split": split, "classes": info.classes,
-              "num_pairs": len(info.split(split)), "models": results}
+              "num_pairs": len(info.split(split)), "samples": samples, "models": results}
     write_atomic(out_dir / "metrics.json", json.dumps(report, indent=2))
     write_atomic(out_dir / "report.md", render_report(report))
     return report

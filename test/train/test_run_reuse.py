@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import bench_realdata
+from mmkd_ros.core.errors import DatasetError
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.train.loop import RUN_RECORD, claim_run, finish_run, run_identity
 
@@ -56,3 +59,33 @@ def test_realdata_jobs_reuse_only_matching_runs(tiny_dataset: Path, tiny_config:
     assert Path(teacher).stat().st_mtime_ns != made
     bench_realdata.distill_job(student_tree, str(tiny_dataset), teacher, str(tmp_path / "ce"))
     assert Path(student).stat().st_mtime_ns != made_student
+
+
+def test_realdata_table_has_bag_intervals() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 120).tolist()
+    groups = [f"bag{i // 20}" for i in range(120)]
+    right = list(labels)
+    noisy = [t if rng.random() < 0.6 else int(rng.integers(0, 3)) for t in labels]
+
+    def model(pred):
+        true = np.array(labels)
+        from mmkd_ros.core.metrics import weighted_macro_f1
+
+        return {"predictions": pred, "accuracy": float(np.mean(np.array(pred) == true)),
+                "macro_f1": weighted_macro_f1(np.array(pred), true, 3), "params": 10, "flops": 10,
+                "latency_ms": 1.0}
+
+    reports = [{"classes": ["a", "b", "c"], "samples": {"labels": labels, "groups": groups},
+                "models": {"teacher": model(right), "ce": model(noisy), "kd": model(noisy)}} for _ in range(2)]
+    table, summary = bench_realdata.summarise(reports, ["teacher", "ce", "kd"])
+    assert "interval over the 6 val bags" in table.splitlines()[0]
+    assert summary["kd"]["bag_interval"]["minus_ce"] == (0.0, 0.0)  # same predictions as ce
+    low, high = summary["teacher"]["bag_interval"]["minus_ce"]
+    assert 0 < low <= high  # perfect vs noisy: separated on every draw of bags
+    assert summary["teacher"]["bag_interval"]["macro_f1"] == (1.0, 1.0)
+    reports[1]["samples"] = {"labels": labels, "groups": list(reversed(groups))}
+    with pytest.raises(DatasetError, match="different validation frames"):
+        bench_realdata.summarise(reports, ["teacher", "ce", "kd"])
