@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep labels on this share of the training bags (default all)")
     parser.add_argument("--variant", default="", help="name of an ablation: the overrides apply to the "
                         "distilled students only, whose runs get this suffix; teacher, ce and twin are reused")
+    parser.add_argument("--all-frames-only", action="store_true",
+                        help="skip the students trained on labelled frames only (the ablation of unlabelled frames)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each")
     parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
@@ -298,10 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     train = frames.get("train", {"labelled": 0, "unlabelled": 0})
     # "Labelled only" runs are worth their time when unlabelled frames are more than a sliver of the data.
     has_unlabelled = train["unlabelled"] >= 0.05 * (train["labelled"] + train["unlabelled"])
+    with_labelled_only = has_unlabelled and not args.all_frames_only
     shared = [] if args.variant else list(args.overrides)  # a variant's overrides touch its students only
     base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *shared])
     variant_base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *args.overrides])
-    runs = plan(tuple(args.methods), has_unlabelled, args.variant)
+    runs = plan(tuple(args.methods), with_labelled_only, args.variant)
     names = ["teacher", "twin", "ce"] + [r[0] for r in runs[2:]]
 
     reports: dict[int, dict] = {}

@@ -21,6 +21,8 @@ sees, so NIR-only dimensions the student cannot predict lose their say. Measured
 CWFID 51.1 vs 49.6 macro-F1, Houston 60.2 vs 69.7. On Houston the teacher's edge is capacity, and
 ``r2``, measured on the student as it learns, also down-weights what the student could learn
 later; on the other two, focusing is what keeps the method at or above the ``ce`` baseline.
+``distill.focus_start`` holds every weight at 1 for its first epochs, so the weights are measured on
+a student that has learnt what it can reach.
 """
 from __future__ import annotations
 
@@ -32,17 +34,21 @@ from torch import nn
 class FeatureFocus(nn.Module):
     """Running teacher-feature statistics and per-dimension predictability weights (no parameters)."""
 
-    def __init__(self, dim: int, momentum: float = 0.99, floor: float = 0.1, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, momentum: float = 0.99, floor: float = 0.1, eps: float = 1e-5,
+                 start_steps: int = 0) -> None:
         super().__init__()
         if not 0.0 <= floor <= 1.0:
             raise ValueError(f"focus floor must be in [0, 1], got {floor}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"focus momentum must be in [0, 1), got {momentum}")
-        self.momentum, self.floor, self.eps = momentum, floor, eps
+        if start_steps < 0:
+            raise ValueError(f"focus start must be >= 0 steps, got {start_steps}")
+        self.momentum, self.floor, self.eps, self.start_steps = momentum, floor, eps, start_steps
         self.register_buffer("mean", torch.zeros(dim))  # [D]
         self.register_buffer("var", torch.ones(dim))  # [D]
         self.register_buffer("r2", torch.zeros(dim))  # [D]
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # batches folded in (resumes with the run)
 
     @torch.no_grad()
     def update(self, teacher: torch.Tensor, projected: torch.Tensor) -> None:
@@ -51,6 +57,7 @@ class FeatureFocus(nn.Module):
         Under DDP the batch statistics are averaged over ranks first, so every rank keeps the same
         weights and the replicas stay identical.
         """
+        self.steps += 1
         t, p = teacher.detach().float(), projected.detach().float()
         stats = torch.stack([t.mean(0), (t * t).mean(0), ((p - t) ** 2).mean(0)])  # [3, D]
         if torch_dist.is_available() and torch_dist.is_initialized():
@@ -71,7 +78,9 @@ class FeatureFocus(nn.Module):
         self.r2.mul_(m).add_(r2, alpha=1 - m)
 
     def weights(self) -> torch.Tensor:
-        """[D] in [floor, 1]: how much each teacher dimension counts."""
+        """[D] in [floor, 1]: how much each teacher dimension counts (all 1 before ``start_steps``)."""
+        if int(self.steps) <= self.start_steps:
+            return torch.ones_like(self.r2)
         return self.floor + (1.0 - self.floor) * self.r2
 
     def standardise(self, features: torch.Tensor) -> torch.Tensor:

@@ -55,3 +55,16 @@ def test_unpredictable_dimension_loses_its_say():
 def test_bad_focus_settings_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         config_lib.load(None, [override])
+
+
+def test_focus_start_holds_every_weight_at_one_until_its_step_then_weights_by_r2():
+    focus = FeatureFocus(2, momentum=0.5, floor=0.2, start_steps=2)
+    teacher = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    projected = torch.tensor([[0.0, 2.0], [2.0, 2.0]])  # dimension 0 predicted, dimension 1 not
+    for expected in ([1.0, 1.0], [1.0, 1.0], [1.0, 0.2]):
+        focus.update(teacher, projected)
+        assert torch.allclose(focus.weights(), torch.tensor(expected))
+    state = focus.state_dict()
+    again = FeatureFocus(2, momentum=0.5, floor=0.2, start_steps=2)
+    again.load_state_dict(state)  # a resumed run keeps its step count
+    assert int(again.steps) == 3 and torch.allclose(again.weights(), torch.tensor([1.0, 0.2]))
