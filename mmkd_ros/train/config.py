@@ -150,9 +150,9 @@ class DistillConfig:
     # 1.0 switches the weighting off: better on Houston, worse on the synthetic bag (BENCHMARKS.md).
     focus_floor: float = 0.1
     focus_momentum: float = 0.99
-    # Epochs before the weighting starts (every dimension weighs 1 until then, so the weights are
-    # measured on a student that has learnt what it can, not on one that has just begun); 0: from
-    # the first step.
+    # Share of the schedule (0 to 1) before the weighting starts: every dimension weighs 1 until
+    # then, so the weights are measured on a student that has learnt what it can, not on one that
+    # has just begun; 0: from the first step. A share, so one value means the same on any budget.
     focus_start: float = 0.0
     # Mixed pairs (function matching, Beyer et al. CVPR 2022): each batch is blended with a shuffled
     # copy of itself, RGB and NIR with the same weight, so the frozen teacher labels images no drive
@@ -166,9 +166,8 @@ class DistillConfig:
             raise ConfigError(f"distill.method={self.method!r} is not allowed; choose one of {', '.join(METHODS)}")
         _check_recipe("distill", self)
         _check_numbers("distill", self, positive=("lr_disc", "kd_temperature"),
-                       non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "gp_weight", "adv_warmup_epochs", "mixup_alpha",
-                                     "focus_start"),
-                       unit=("focus_momentum",))
+                       non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "gp_weight", "adv_warmup_epochs", "mixup_alpha"),
+                       unit=("focus_momentum", "focus_start"))
         _check_integers("distill", self, d_steps=1, disc_hidden=1, disc_layers=1, projector_hidden=0)
         if not (math.isfinite(self.focus_floor) and 0.0 <= self.focus_floor <= 1.0):
             raise ConfigError(f"distill.focus_floor={self.focus_floor!r} is out of range; use a number in [0, 1] "

@@ -21,8 +21,8 @@ sees, so NIR-only dimensions the student cannot predict lose their say. Measured
 CWFID 51.1 vs 49.6 macro-F1, Houston 60.2 vs 69.7. On Houston the teacher's edge is capacity, and
 ``r2``, measured on the student as it learns, also down-weights what the student could learn
 later; on the other two, focusing is what keeps the method at or above the ``ce`` baseline.
-``distill.focus_start`` holds every weight at 1 for its first epochs, so the weights are measured on
-a student that has learnt what it can reach.
+``distill.focus_start`` holds every weight at 1 for that share of the schedule, so the weights are
+measured on a student that has learnt what it can reach.
 """
 from __future__ import annotations
 

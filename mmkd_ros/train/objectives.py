@@ -203,7 +203,7 @@ def build_objectives(cfg: DistillConfig, teacher_dim: int, num_classes: int, run
     focus = None
     if any(t.endswith("_std") for t in terms):
         focus = FeatureFocus(teacher_dim, cfg.focus_momentum, cfg.focus_floor,
-                             start_steps=round(cfg.focus_start * steps_per_epoch)).to(runtime.device)
+                             start_steps=round(cfg.focus_start * cfg.epochs * steps_per_epoch)).to(runtime.device)
     builders = {
         "ce": lambda: CrossEntropy(cfg.w_ce, cfg.label_smoothing),
         "kd": lambda: LogitKD(cfg.w_kd, cfg.kd_temperature),

@@ -4,7 +4,9 @@ import torch
 
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.core.errors import ConfigError
+from mmkd_ros.train.distributed import Runtime
 from mmkd_ros.train.focus import FeatureFocus
+from mmkd_ros.train.objectives import build_objectives
 
 
 def test_first_batch_sets_statistics_and_r2_by_hand():
@@ -51,7 +53,8 @@ def test_unpredictable_dimension_loses_its_say():
 
 
 @pytest.mark.parametrize("override", ["distill.focus_floor=1.5", "distill.focus_momentum=1.0",
-                                      "distill.adv_warmup_epochs=-1", "distill.d_steps=0"])
+                                      "distill.adv_warmup_epochs=-1", "distill.d_steps=0",
+                                      "distill.focus_start=1.0", "distill.focus_start=-0.1"])
 def test_bad_focus_settings_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         config_lib.load(None, [override])
@@ -68,3 +71,9 @@ def test_focus_start_holds_every_weight_at_one_until_its_step_then_weights_by_r2
     again = FeatureFocus(2, momentum=0.5, floor=0.2, start_steps=2)
     again.load_state_dict(state)  # a resumed run keeps its step count
     assert int(again.steps) == 3 and torch.allclose(again.weights(), torch.tensor([1.0, 0.2]))
+
+
+def test_focus_start_is_a_share_of_the_whole_schedule():
+    cfg = config_lib.load(None, ["distill.epochs=8", "distill.focus_start=0.25"]).distill
+    _, focus = build_objectives(cfg, teacher_dim=4, num_classes=3, runtime=Runtime.start("cpu"), steps_per_epoch=10)
+    assert focus.start_steps == 20  # a quarter of 8 epochs x 10 steps
