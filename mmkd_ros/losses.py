@@ -86,6 +86,26 @@ def gen_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown GAN loss {kind!r}; known: {', '.join(GAN_LOSSES)}")
 
 
+# --- adversarial with a task: the discriminator also classifies ------------------------------
+
+
+def task_disc_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Discriminator with a task, 2K-way: ``CE(D(x), c) + CE(D(G(z)), K + c)``.
+
+    Garcia, Morerio & Murino, TPAMI 2019, "Learning with Privileged Information via Adversarial
+    Discriminative Modality Distillation": D's logits [B, 2K] say both the class and the source; the
+    first K mean "teacher feature of class c", the last K "student feature of class c". ``classes``
+    [B] is each sample's class (its label, or the teacher's when it has none).
+    """
+    k = real_logits.shape[-1] // 2
+    return F.cross_entropy(real_logits, classes) + F.cross_entropy(fake_logits, classes + k)
+
+
+def task_gen_loss(fake_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Student side of :func:`task_disc_loss`: ``CE(D(G(z)), c)``, its feature taken for the teacher's of class c."""
+    return F.cross_entropy(fake_logits, classes)
+
+
 # --- discriminator regularisers ---------------------------------------------------------------
 
 

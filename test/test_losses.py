@@ -90,3 +90,17 @@ def test_classification_loss_all_unlabelled_is_zero_not_nan():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros(3, 4))
+
+
+def test_task_discriminator_losses_by_hand():
+    # K = 2, so 4 logits: [teacher c0, teacher c1, student c0, student c1]. All-zero logits give
+    # log 4 for any target; a logit of log 3 on the target gives -log(3 / (3 + 3)) = log 2.
+    real = torch.tensor([[math.log(3.0), 0.0, 0.0, 0.0]])  # a teacher feature of class 0, named well
+    fake = torch.zeros(1, 4)
+    classes = torch.tensor([0])
+    # D: CE(real, class 0) + CE(fake, K + 0 = 2) = log 2 + log 4
+    assert losses.task_disc_loss(real, fake, classes).item() == pytest.approx(math.log(2) + math.log(4), abs=1e-6)
+    # student: CE(fake, class 0) = log 4; a student feature D names "teacher, class 1" costs more
+    assert losses.task_gen_loss(fake, classes).item() == pytest.approx(math.log(4), abs=1e-6)
+    wrong_class = torch.tensor([[0.0, 2.0, 0.0, 0.0]])
+    assert losses.task_gen_loss(wrong_class, classes).item() > math.log(4)

@@ -12,25 +12,28 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 
 class FeatureDiscriminator(nn.Module):
-    """MLP critic: [B, D] -> one logit per sample [B].
+    """MLP critic: [B, D] -> one logit per sample [B] (``outputs=1``), or [B, outputs] logits.
 
     ``spectral_norm=True`` bounds each layer's Lipschitz constant (Miyato et al., 2018,
     "Spectral Normalization for GANs"), which keeps the critic from overpowering the student.
     """
 
-    def __init__(self, in_features: int, hidden: int = 256, layers: int = 2, spectral_norm: bool = False) -> None:
+    def __init__(self, in_features: int, hidden: int = 256, layers: int = 2, spectral_norm: bool = False,
+                 outputs: int = 1) -> None:
         super().__init__()
+        self.outputs = outputs
         wrap = _spectral_norm if spectral_norm else (lambda m: m)
         blocks: list[nn.Module] = []
         width = in_features
         for _ in range(layers):
             blocks += [wrap(nn.Linear(width, hidden)), nn.LeakyReLU(0.2, inplace=True)]
             width = hidden
-        blocks.append(wrap(nn.Linear(width, 1)))
+        blocks.append(wrap(nn.Linear(width, outputs)))
         self.net = nn.Sequential(*blocks)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).squeeze(-1)  # [B]
+        logits = self.net(features)  # [B, outputs]
+        return logits.squeeze(-1) if self.outputs == 1 else logits
 
 
 class Projector(nn.Module):

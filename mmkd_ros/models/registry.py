@@ -63,9 +63,10 @@ def student_tiny(num_classes: int, in_channels: int = 3, width: float = 1.0) -> 
 
 
 @register
-def discriminator_mlp(in_features: int, hidden: int = 256, layers: int = 2, spectral_norm: bool = False) -> nn.Module:
-    """MLP critic on pooled feature vectors."""
-    return FeatureDiscriminator(in_features, hidden, layers, spectral_norm)
+def discriminator_mlp(in_features: int, hidden: int = 256, layers: int = 2, spectral_norm: bool = False,
+                      outputs: int = 1) -> nn.Module:
+    """MLP critic on pooled feature vectors (``outputs=2K``: the discriminator with a task)."""
+    return FeatureDiscriminator(in_features, hidden, layers, spectral_norm, outputs)
 
 
 @register

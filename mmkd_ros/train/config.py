@@ -33,6 +33,8 @@ from mmkd_ros.core.errors import ConfigError
 #:   feat_std  per-sample regression in standardised teacher units, predictability-weighted (focus.py)
 #:   adv       discriminator on raw fused features (the seed's method)
 #:   adv_std   discriminator on standardised, predictability-weighted features
+#:   adv_task  discriminator with a task (Garcia et al. TPAMI 2019): 2K-way, class x teacher/student
+#:   adv_task_std  the same on standardised, predictability-weighted features
 METHODS: dict[str, tuple[str, ...]] = {
     "ce": ("ce",),
     "kd": ("ce", "kd"),
@@ -40,10 +42,15 @@ METHODS: dict[str, tuple[str, ...]] = {
     "adv": ("ce", "adv"),
     "adv+kd": ("ce", "adv", "kd"),
     "adv+kd+feat": ("ce", "adv_std", "kd", "feat_std"),
+    "adv_task": ("ce", "adv_task"),
+    "adv_task+kd+feat": ("ce", "adv_task_std", "kd", "feat_std"),
 }
 _ADV_FIELDS = ("w_adv", "gan_loss", "d_steps", "lr_disc", "disc_hidden", "disc_layers", "disc_spectral_norm",
                "disc_condition", "gp", "gp_weight", "adv_warmup_epochs", "projector_hidden")
 _FOCUS_FIELDS = ("focus_floor", "focus_momentum", "focus_start")
+# The task discriminator's 2K-way cross-entropy replaces the GAN loss and its penalties, and it
+# needs no condition: the class it must name is its target.
+_ADV_TASK_FIELDS = tuple(f for f in _ADV_FIELDS if f not in ("gan_loss", "gp", "gp_weight", "disc_condition"))
 #: The DistillConfig fields that only some terms read; a method without those terms refuses them.
 TERM_FIELDS: dict[str, tuple[str, ...]] = {
     "ce": (),
@@ -52,6 +59,8 @@ TERM_FIELDS: dict[str, tuple[str, ...]] = {
     "feat_std": ("w_feat", "projector_hidden", *_FOCUS_FIELDS),
     "adv": _ADV_FIELDS,
     "adv_std": (*_ADV_FIELDS, *_FOCUS_FIELDS),
+    "adv_task": _ADV_TASK_FIELDS,
+    "adv_task_std": (*_ADV_TASK_FIELDS, *_FOCUS_FIELDS),
 }
 
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from mmkd_ros.losses import (
-    classification_loss, disc_loss, feature_l2_loss, gen_loss, gradient_penalty, kd_loss, r1_penalty,
+    classification_loss, disc_loss, feature_l2_loss, gen_loss, gradient_penalty, kd_loss, r1_penalty, task_disc_loss,
+    task_gen_loss,
 )
 from mmkd_ros.models import build_model
 from mmkd_ros.train.config import METHODS, DistillConfig
@@ -116,18 +117,24 @@ class Adversarial(Objective):
     frozen, so its backward reaches the student and projector only. D optionally also sees the
     teacher's class probabilities (``disc_condition``, Mirza & Osindero 2014), and with ``focus``
     it compares standardised, predictability-weighted features (``adv_std``).
+
+    ``task=True`` is the discriminator with a task (Garcia et al. TPAMI 2019; ``adv_task``): D has
+    2K outputs, "teacher feature of class c" and "student feature of class c", and the student
+    wins when its feature is named the teacher's of the right class. The class is the label, or
+    the teacher's prediction where the pair has none, so unlabelled pairs count here too.
     """
 
     needs_projector = True
 
     def __init__(self, cfg: DistillConfig, teacher_dim: int, num_classes: int, focus: FeatureFocus | None,
-                 runtime: Runtime, steps_per_epoch: int) -> None:
-        self.cfg, self.focus, self.steps_per_epoch = cfg, focus, steps_per_epoch
-        self.name = "adv" if focus is None else "adv_std"
-        self.conditioned = cfg.disc_condition == "teacher_probs"
+                 runtime: Runtime, steps_per_epoch: int, task: bool = False) -> None:
+        self.cfg, self.focus, self.steps_per_epoch, self.task = cfg, focus, steps_per_epoch, task
+        self.name = ("adv_task" if task else "adv") + ("" if focus is None else "_std")
+        self.conditioned = not task and cfg.disc_condition == "teacher_probs"
         inputs = teacher_dim + (num_classes if self.conditioned else 0)
         self.disc = build_model("discriminator_mlp", in_features=inputs, hidden=cfg.disc_hidden,
-                                layers=cfg.disc_layers, spectral_norm=cfg.disc_spectral_norm).to(runtime.device)
+                                layers=cfg.disc_layers, spectral_norm=cfg.disc_spectral_norm,
+                                outputs=2 * num_classes if task else 1).to(runtime.device)
         # beta1 = 0.5: the usual GAN setting (Radford et al., 2016), momentum lags a moving target.
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_disc, betas=(0.5, 0.999))
         self.disc_synced = runtime.wrap(self.disc)  # D's own update averages gradients across ranks
@@ -145,22 +152,32 @@ class Adversarial(Objective):
         fake = self._inputs(x.student_projected.detach(), x)  # detached: no gradient to the student here
         _set_requires_grad(self.disc, True)
         for _ in range(self.cfg.d_steps):
-            logits = self.disc_synced(torch.cat([real, fake]))  # [2B]: one call keeps DDP simple
+            logits = self.disc_synced(torch.cat([real, fake]))  # [2B] (task: [2B, 2K]): one call keeps DDP simple
             real_logits, fake_logits = logits.split(len(real))
-            loss_disc = disc_loss(self.cfg.gan_loss, real_logits, fake_logits)
-            if self.cfg.gp != "none":
+            if self.task:
+                loss_disc = task_disc_loss(real_logits, fake_logits, task_classes(x))
+            else:
+                loss_disc = disc_loss(self.cfg.gan_loss, real_logits, fake_logits)
+            if self.cfg.gp != "none" and not self.task:
                 loss_disc = loss_disc + self.cfg.gp_weight * self._penalty(real, fake)
             self.opt_disc.zero_grad(set_to_none=True)
             loss_disc.backward()
             self.opt_disc.step()
         return {"loss_disc": float(loss_disc.detach()),
-                "d_real": float(torch.sigmoid(real_logits.detach()).mean()),  # D's belief that teacher features are real
-                "d_fake": float(torch.sigmoid(fake_logits.detach()).mean())}
+                "d_real": self._belief_real(real_logits.detach()),  # D's belief that teacher features are real
+                "d_fake": self._belief_real(fake_logits.detach())}
+
+    def _belief_real(self, logits: torch.Tensor) -> float:
+        """Mean probability D gives "teacher feature" ([B] logits, or [B, 2K]: the first K summed)."""
+        if not self.task:
+            return float(torch.sigmoid(logits).mean())
+        return float(torch.softmax(logits, 1)[:, : logits.shape[1] // 2].sum(1).mean())
 
     def loss(self, x: StepTensors) -> tuple[torch.Tensor, dict[str, float]]:
         _set_requires_grad(self.disc, False)
         fake = self._inputs(x.student_projected, x)  # with graph, into the student
-        loss_adv = gen_loss(self.cfg.gan_loss, self.disc(fake))  # plain D: frozen, nothing to sync
+        logits = self.disc(fake)  # plain D: frozen, nothing to sync
+        loss_adv = task_gen_loss(logits, task_classes(x)) if self.task else gen_loss(self.cfg.gan_loss, logits)
         ramp = adv_ramp(self.updates, self.steps_per_epoch, self.cfg.adv_warmup_epochs)
         self.updates += 1
         return ramp * self.cfg.w_adv * loss_adv, {"loss_adv": float(loss_adv.detach())}
@@ -189,6 +206,11 @@ class Adversarial(Objective):
         self.updates = int(state["updates"])
 
 
+def task_classes(x: StepTensors) -> torch.Tensor:
+    """[B] the class the task discriminator must name: the label, or the teacher's prediction where there is none."""
+    return torch.where(x.labels >= 0, x.labels, x.teacher_logits.argmax(1))
+
+
 def adv_ramp(step: int, steps_per_epoch: int, warmup_epochs: float) -> float:
     """Factor on ``w_adv``: linear from 0 to 1 over ``warmup_epochs`` (1 at once when 0)."""
     if warmup_epochs <= 0:
@@ -211,13 +233,16 @@ def build_objectives(cfg: DistillConfig, teacher_dim: int, num_classes: int, run
         "feat_std": lambda: FeatureRegression(cfg.w_feat, focus),
         "adv": lambda: Adversarial(cfg, teacher_dim, num_classes, None, runtime, steps_per_epoch),
         "adv_std": lambda: Adversarial(cfg, teacher_dim, num_classes, focus, runtime, steps_per_epoch),
+        "adv_task": lambda: Adversarial(cfg, teacher_dim, num_classes, None, runtime, steps_per_epoch, task=True),
+        "adv_task_std": lambda: Adversarial(cfg, teacher_dim, num_classes, focus, runtime, steps_per_epoch, task=True),
     }
     return [builders[t]() for t in terms], focus
 
 
 #: The class of each term name used in METHODS.
 TERMS: dict[str, type[Objective]] = {"ce": CrossEntropy, "kd": LogitKD, "feat": FeatureRegression,
-                                     "feat_std": FeatureRegression, "adv": Adversarial, "adv_std": Adversarial}
+                                     "feat_std": FeatureRegression, "adv": Adversarial, "adv_std": Adversarial,
+                                     "adv_task": Adversarial, "adv_task_std": Adversarial}
 
 
 def method_needs_teacher(method: str) -> bool:

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from mmkd_ros.core import artifact as ckpt_lib
-from mmkd_ros.core.errors import CheckpointError, ModelLoadError
+from mmkd_ros.core.errors import CheckpointError, ConfigError, ModelLoadError
 from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.losses import classification_loss, disc_loss
 from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.train.distill import DistillRecipe, distill, mix_pairs
 from mmkd_ros.train.distributed import Runtime
-from mmkd_ros.train.objectives import Adversarial, CrossEntropy, StepTensors, adv_ramp
+from mmkd_ros.train.objectives import Adversarial, CrossEntropy, StepTensors, adv_ramp, task_classes
 from mmkd_ros.train.teacher import train_teacher
 from tiny_pairs import write_tiny_pairs
 
@@ -95,9 +95,34 @@ def test_every_method_steps_and_reports_its_terms(method):
     losses = m.step(tiny_batch())
     expected = {"ce": {"loss_ce"}, "kd": {"loss_kd"}, "feat_l2": {"loss_feat"}, "adv": {"loss_adv", "loss_disc"},
                 "adv+kd": {"loss_adv", "loss_kd", "loss_disc"},
-                "adv+kd+feat": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"}}[method]
+                "adv+kd+feat": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"},
+                "adv_task": {"loss_adv", "loss_disc"},
+                "adv_task+kd+feat": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"}}[method]
     assert expected <= set(losses)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_task_discriminator_names_class_and_source_and_moves_the_student():
+    m = tiny_models("adv_task", w_ce=0.0)  # only the adversarial term drives the student
+    student_before = copy.deepcopy(m.student_proj.state_dict())
+    batch = tiny_batch()
+    losses = m.step(batch)
+    disc = disc_of(m)
+    assert disc.net[0].in_features == m.teacher.num_features  # no condition: the class is D's target
+    assert disc.net[-1].out_features == 2 * 3  # teacher/student x 3 classes
+    assert 0.0 < losses["d_real"] < 1.0 and 0.0 < losses["d_fake"] < 1.0
+    changed = [k for k, v in m.student_proj.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert any(k.startswith("student.features") for k in changed)
+    # the class D must name: the label, or the teacher's prediction for the unlabelled pair
+    teacher_logits = torch.tensor([[0.0, 0.0, 1.0]] * 3 + [[0.0, 5.0, 0.0]])
+    x = StepTensors(batch["label"], teacher_logits, None, None, teacher_logits)
+    assert task_classes(x).tolist() == [0, 1, 2, 1]
+
+
+@pytest.mark.parametrize("override", ["distill.gan_loss=lsgan", "distill.gp=r1", "distill.disc_condition=none"])
+def test_task_discriminator_refuses_settings_it_does_not_read(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
+        config_lib.load(None, ["distill.method=adv_task", override])
 
 
 @pytest.mark.parametrize("condition", ["none", "teacher_probs"])
