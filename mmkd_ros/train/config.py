@@ -134,6 +134,9 @@ class DistillConfig:
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
     w_ce: float = 1.0
+    # Supervision transfer (Gupta et al. CVPR 2016): share of the schedule (0 to 1) trained with the
+    # teacher's terms alone, on every paired frame, before cross-entropy joins; 0: labels from the start.
+    ce_start: float = 0.0
     w_adv: float = 0.5
     w_kd: float = 1.0
     w_feat: float = 1.0
@@ -176,7 +179,10 @@ class DistillConfig:
         _check_recipe("distill", self)
         _check_numbers("distill", self, positive=("lr_disc", "kd_temperature"),
                        non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "gp_weight", "adv_warmup_epochs", "mixup_alpha"),
-                       unit=("focus_momentum", "focus_start"))
+                       unit=("focus_momentum", "focus_start", "ce_start"))
+        if self.ce_start > 0 and self.method == "ce":
+            raise ConfigError(f"distill.ce_start={self.ce_start} needs a teacher term to learn from before the labels; "
+                              "choose a method other than ce or drop it")
         _check_integers("distill", self, d_steps=1, disc_hidden=1, disc_layers=1, projector_hidden=0)
         if not (math.isfinite(self.focus_floor) and 0.0 <= self.focus_floor <= 1.0):
             raise ConfigError(f"distill.focus_floor={self.focus_floor!r} is out of range; use a number in [0, 1] "
@@ -318,6 +324,8 @@ def with_method(config: Config, method: str) -> Config:
     tree = to_dict(config)
     for name in {n for fields in TERM_FIELDS.values() for n in fields} - used:
         tree["distill"][name] = _DEFAULTS[name]
+    if method == "ce":  # nothing to learn before the labels without a teacher term
+        tree["distill"]["ce_start"] = _DEFAULTS["ce_start"]
     tree["distill"]["method"] = method
     return from_dict(tree)
 

@@ -64,19 +64,32 @@ class Objective:
 
 
 class CrossEntropy(Objective):
-    """``w_ce * CE(y, h(s))`` on labelled pairs (unlabelled ones, ``-1``, are skipped)."""
+    """``w_ce * CE(y, h(s))`` on labelled pairs (unlabelled ones, ``-1``, are skipped).
+
+    ``start_steps``: the weight is 0 for that many student updates (``distill.ce_start``: the
+    teacher's terms alone first, supervision transfer), then ``w_ce``.
+    """
 
     name, needs_teacher = "ce", False
 
-    def __init__(self, weight: float, label_smoothing: float) -> None:
-        self.weight, self.label_smoothing = weight, label_smoothing
+    def __init__(self, weight: float, label_smoothing: float, start_steps: int = 0) -> None:
+        self.weight, self.label_smoothing, self.start_steps = weight, label_smoothing, start_steps
+        self.updates = 0  # student updates so far: the clock of start_steps
 
     def loss(self, x: StepTensors) -> tuple[torch.Tensor, dict[str, float]]:
         loss_ce = classification_loss(x.student_logits, x.labels, self.label_smoothing)
         if x.mixed_labels is not None:  # mixed pairs: each label by its image's share
             loss_ce = x.mix_weight * loss_ce + (1.0 - x.mix_weight) * classification_loss(
                 x.student_logits, x.mixed_labels, self.label_smoothing)
-        return self.weight * loss_ce, {"loss_ce": float(loss_ce.detach())}
+        weight = self.weight if self.updates >= self.start_steps else 0.0
+        self.updates += 1
+        return weight * loss_ce, {"loss_ce": float(loss_ce.detach())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state.get("updates", 0))
 
 
 class LogitKD(Objective):
@@ -227,7 +240,7 @@ def build_objectives(cfg: DistillConfig, teacher_dim: int, num_classes: int, run
         focus = FeatureFocus(teacher_dim, cfg.focus_momentum, cfg.focus_floor,
                              start_steps=round(cfg.focus_start * cfg.epochs * steps_per_epoch)).to(runtime.device)
     builders = {
-        "ce": lambda: CrossEntropy(cfg.w_ce, cfg.label_smoothing),
+        "ce": lambda: CrossEntropy(cfg.w_ce, cfg.label_smoothing, round(cfg.ce_start * cfg.epochs * steps_per_epoch)),
         "kd": lambda: LogitKD(cfg.w_kd, cfg.kd_temperature),
         "feat": lambda: FeatureRegression(cfg.w_feat, None),
         "feat_std": lambda: FeatureRegression(cfg.w_feat, focus),

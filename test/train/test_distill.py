@@ -13,7 +13,9 @@ from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.train.distill import DistillRecipe, distill, mix_pairs
 from mmkd_ros.train.distributed import Runtime
-from mmkd_ros.train.objectives import Adversarial, CrossEntropy, StepTensors, adv_ramp, task_classes
+from mmkd_ros.train.objectives import (
+    Adversarial, CrossEntropy, StepTensors, adv_ramp, build_objectives, task_classes,
+)
 from mmkd_ros.train.teacher import train_teacher
 from tiny_pairs import write_tiny_pairs
 
@@ -272,3 +274,26 @@ def test_hostile_pickle_is_refused_cleanly(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="cannot read checkpoint|cannot read model file|refused to load"):
         ckpt_lib.load_checkpoint(tmp_path / "garbage.pt")
+
+
+def test_ce_start_trains_on_the_teacher_alone_first_then_adds_the_labels():
+    cfg = config_lib.load(None, ["distill.method=kd", "distill.epochs=2", "distill.ce_start=0.25"]).distill
+    terms, _ = build_objectives(cfg, teacher_dim=4, num_classes=3, runtime=Runtime.start("cpu"), steps_per_epoch=4)
+    ce = next(t for t in terms if isinstance(t, CrossEntropy))
+    assert ce.start_steps == 2  # a quarter of 2 epochs x 4 steps
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    x = StepTensors(torch.tensor([1, -1]), logits, None, None, logits)
+    expected = classification_loss(logits, torch.tensor([1, -1])).item()
+    weighted = [ce.loss(x)[0].item() for _ in range(3)]
+    assert weighted == pytest.approx([0.0, 0.0, expected])
+    again = next(t for t in build_objectives(cfg, 4, 3, Runtime.start("cpu"), 4)[0] if isinstance(t, CrossEntropy))
+    again.load_state_dict(ce.state_dict())  # a resumed run keeps the clock
+    assert again.loss(x)[0].item() == pytest.approx(expected)
+
+
+def test_ce_start_without_a_teacher_term_is_refused():
+    with pytest.raises(ConfigError, match="ce_start"):
+        config_lib.load(None, ["distill.method=ce", "distill.ce_start=0.5"])
+    # a study's ce baseline drawn from a config that sets it goes back to labels from the start
+    baseline = config_lib.with_method(config_lib.load(None, ["distill.ce_start=0.5"]), "ce")
+    assert baseline.distill.ce_start == 0.0
