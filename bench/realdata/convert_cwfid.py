@@ -24,6 +24,14 @@ dataset then says ``rgb: 1 channel``, which is the truth the models must cope wi
 its own topic as ``mono8``; both sensors share the optical path (prism camera), so the windows are
 pixel-aligned, and only their stamps differ (independent jitter, see ``common.py``).
 
+Triggered frames (``--trigger vegetation``). A weeding robot's camera is fired by its plant
+detector: frames come where vegetation lies under the tool, not on bare soil. With it, a window
+is recorded only when at least 2/3 of its centre square is vegetation (crop, weed or vegetation
+the annotators did not mark, the last recorded unlabelled), so the crop/weed decision gets the
+frames and soil, which such a robot never classifies, drops out. ``--val-stride`` drives the
+validation images on a denser path (validation only: the training drive stays as given), so
+macro-F1 rests on hundreds of crop and weed frames instead of a few dozen.
+
 Split by image, never by frame: frames of one image overlap and share the light and the plants.
 ``--val-images`` of the given images (default 8 of 39) go to validation, picked to spread the
 rare class: images ranked by their crop share of annotated pixels, evenly spaced ranks go to val.
@@ -49,7 +57,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.realdata.common import BagSummary, Frame, Timing, centre_label, count_table, \
+from bench.realdata.common import MAJORITY, BagSummary, Frame, Timing, centre_label, count_table, \
     prepare_out, serpentine, window_origins, write_drive, write_outputs
 from mmkd_ros.core.errors import DatasetError, run_cli
 
@@ -59,6 +67,7 @@ BAG_SPACING_NS = 600 * 10**9
 # Pixel categories (see the module docstring).
 SOIL, CROP, WEED, UNANNOTATED = 0, 1, 2, 3
 CLASS_NAMES = {SOIL: "soil", CROP: "crop", WEED: "weed", UNANNOTATED: ""}
+TRIGGERS = ("all", "vegetation")  # every window of the path | windows with vegetation under the centre
 
 
 def image_ids(data: Path) -> list[str]:
@@ -97,13 +106,24 @@ def load_image(data: Path, image_id: str) -> tuple[np.ndarray, np.ndarray, np.nd
     return bgr[:, :, 2].copy(), bgr[:, :, 1].copy(), categories
 
 
+def vegetation_under_centre(categories: np.ndarray, x: int, y: int, window: int, centre: int) -> bool:
+    """Whether at least :data:`MAJORITY` of the window's centre square is vegetation (not soil)."""
+    top, left = y + (window - centre) // 2, x + (window - centre) // 2
+    return float((categories[top:top + centre, left:left + centre] != SOIL).mean()) >= MAJORITY
+
+
 def drive(red: np.ndarray, nir: np.ndarray, categories: np.ndarray, window: int, stride: int,
-          centre: int) -> Iterator[Frame]:
-    """Frames of a lawnmower drive over one image (every position emits a frame)."""
+          centre: int, trigger: str = "all") -> Iterator[Frame]:
+    """Frames of a lawnmower drive over one image: every position, or (``trigger="vegetation"``)
+    the positions with vegetation under the centre, keeping their place (tick) on the path."""
+    if trigger not in TRIGGERS:
+        raise DatasetError(f"--trigger {trigger!r} is not one of {', '.join(TRIGGERS)}")
     ys = window_origins(red.shape[0], window, stride)
     xs = window_origins(red.shape[1], window, stride)
     for tick, (r, c) in enumerate(serpentine(len(ys), len(xs))):
         y, x = ys[r], xs[c]
+        if trigger == "vegetation" and not vegetation_under_centre(categories, x, y, window, centre):
+            continue
         yield Frame(tick, x, y, red[y:y + window, x:x + window, None].copy(),
                     nir[y:y + window, x:x + window, None].copy(),
                     centre_label(categories, x, y, window, centre, CLASS_NAMES))
@@ -119,30 +139,39 @@ def choose_val(crop_share: dict[str, float], n_val: int) -> list[str]:
 
 
 def convert(data: Path, out: Path, images: Sequence[str] | None = None, window: int = 128,
-            stride: int = 64, centre: int = 8, n_val: int = 8,
-            timing: Timing = Timing()) -> tuple[list[BagSummary], dict[str, str]]:
+            stride: int = 64, centre: int = 8, n_val: int = 8, timing: Timing = Timing(),
+            trigger: str = "all", val_stride: int | None = None) -> tuple[list[BagSummary], dict[str, str]]:
     """Write one bag per image into ``out/bags`` plus ``splits.json`` and ``frames.csv``."""
     available = image_ids(data)
     ids = list(images) if images else available
     unknown = sorted(set(ids) - set(available))
     if unknown:
         raise DatasetError(f"images {', '.join(unknown)} are not in {data}")
-    bags_dir = prepare_out(out)
-    summaries, crop_share = [], {}
-    for k, image_id in enumerate(ids):
-        red, nir, categories = load_image(data, image_id)
+    if trigger not in TRIGGERS:
+        raise DatasetError(f"--trigger {trigger!r} is not one of {', '.join(TRIGGERS)}")
+    val_stride = val_stride or stride
+    if min(stride, val_stride) < 1:
+        raise DatasetError(f"--stride {stride} and --val-stride {val_stride} must be at least 1 px")
+    crop_share = {}
+    for image_id in ids:  # the validation choice depends on the annotations only
+        categories = load_image(data, image_id)[2]
         crop, weed = int((categories == CROP).sum()), int((categories == WEED).sum())
         crop_share[image_id] = crop / max(1, crop + weed)
+    val = set(choose_val(crop_share, n_val))
+    bags_dir = prepare_out(out)
+    summaries = []
+    for k, image_id in enumerate(ids):
+        red, nir, categories = load_image(data, image_id)
+        path_stride = val_stride if image_id in val else stride
         summaries.append(write_drive(
-            bags_dir / f"cwfid_{image_id}", drive(red, nir, categories, window, stride, centre),
+            bags_dir / f"cwfid_{image_id}", drive(red, nir, categories, window, path_stride, centre, trigger),
             start_ns=START_NS + k * BAG_SPACING_NS, timing=timing,
             visible_encoding="mono8", nir_encoding="mono8"))
-    val = set(choose_val(crop_share, n_val))
     splits = {f"cwfid_{i}": "val" if i in val else "train" for i in ids}
     write_outputs(out, summaries, splits, {
         "dataset": "cwfid", "group": "image", "val_rule": "images ranked by crop share of "
         "annotated pixels; the ranks at the centres of n_val equal bins", "val_images": sorted(val),
-        "window": window, "stride": stride, "centre": centre,
+        "window": window, "stride": stride, "val_stride": val_stride, "trigger": trigger, "centre": centre,
         "crop_share": {k: round(v, 4) for k, v in sorted(crop_share.items())}})
     return summaries, splits
 
@@ -158,10 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stride", type=int, default=64, help="camera step between frames, px")
     parser.add_argument("--centre", type=int, default=8, help="centre square that labels, px")
     parser.add_argument("--val-images", type=int, default=8, help="images for validation")
+    parser.add_argument("--trigger", choices=TRIGGERS, default="all", help="which windows of the path "
+                        "are recorded: all, or those with vegetation under the centre (a plant detector's "
+                        "trigger); default %(default)s")
+    parser.add_argument("--val-stride", type=int, help="camera step over the validation images, px "
+                        "(default: --stride)")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     summaries, splits = convert(args.data, args.out, args.images, args.window, args.stride,
-                                args.centre, args.val_images)
+                                args.centre, args.val_images, trigger=args.trigger, val_stride=args.val_stride)
     print(count_table(summaries, splits))
     print(f"wrote {len(summaries)} bags to {args.out / 'bags'} in "
           f"{time.perf_counter() - began:.1f} s")

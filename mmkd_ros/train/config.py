@@ -159,7 +159,7 @@ class DistillConfig:
     adv_warmup_epochs: float = 0.0
     # adv+kd+feat (mmkd_ros/train/focus.py): D and a per-sample regression on standardised teacher
     # features, each dimension weighted by floor + (1 - floor) * (share of it the student predicts).
-    # 1.0 switches the weighting off: better on Houston, worse on the synthetic bag (BENCHMARKS.md).
+    # 1.0 switches the weighting off: not separable from on over 5 Houston seeds (BENCHMARKS.md).
     focus_floor: float = 0.1
     focus_momentum: float = 0.99
     # Share of the schedule (0 to 1) before the weighting starts: every dimension weighs 1 until

@@ -20,6 +20,7 @@ from rosbags.highlevel import AnyReader
 
 from bench.realdata import convert_cwfid as cwfid_to_bag, convert_houston as houston_to_bag
 from bench.realdata.common import LABEL_TOPIC, NIR_TOPIC, RGB_TOPIC, Timing, apply_splits
+from mmkd_ros.core.errors import DatasetError
 from mmkd_ros.data.extract import extract_bags
 from mmkd_ros.data.ros_images import msg_to_array, stamp_to_ns
 from mmkd_ros.data.manifest import read_manifest
@@ -132,6 +133,34 @@ def test_cwfid_two_images(shared_data: Path, tmp_path: Path) -> None:
     assert {(r["group"], r["split"]) for r in manifest} == set(splits.items())
     expected_labels = Counter(r["label"] for bag_rows in rows.values() for r in bag_rows)
     assert Counter(r["label"] for r in manifest) == expected_labels
+
+
+@pytest.mark.shared_data
+def test_cwfid_vegetation_trigger_and_denser_validation(shared_data: Path, tmp_path: Path) -> None:
+    data = shared_data / "cwfid"
+    window, stride, centre = 128, 64, 8
+    summaries, splits = cwfid_to_bag.convert(data, tmp_path / "veg", ["002", "005"], window, stride, centre,
+                                             n_val=1, trigger="vegetation", val_stride=32)
+    rows = frames_csv(tmp_path / "veg")
+    cwfid_to_bag.convert(data, tmp_path / "all", ["002"], window, stride, centre, n_val=0)
+    all_rows = frames_csv(tmp_path / "all")
+    mask = cv2.imread(str(data / "masks" / "002_mask.png"), cv2.IMREAD_GRAYSCALE)
+    kept = rows["cwfid_002"]
+    # Every recorded window has vegetation (mask 0) under at least 2/3 of its centre square, and
+    # every such window of the full path was recorded, with the same place on the path.
+    def vegetation(x: int, y: int) -> bool:
+        top, left = y + (window - centre) // 2, x + (window - centre) // 2
+        return (mask[top:top + centre, left:left + centre] == 0).mean() >= 2 / 3
+    expected = [(r["x"], r["y"], r["label"]) for r in all_rows["cwfid_002"] if vegetation(int(r["x"]), int(r["y"]))]
+    assert [(r["x"], r["y"], r["label"]) for r in kept] == expected
+    assert 0 < len(kept) < len(all_rows["cwfid_002"])
+    assert "soil" not in {r["label"] for r in kept}
+    # The validation image is driven on the denser path: its windows lie on a 32 px grid, not only 64.
+    assert splits["cwfid_005"] == "val"
+    assert any(int(r["x"]) % 64 == 32 for r in rows["cwfid_005"])
+    assert all(int(r["x"]) % 64 == 0 for r in kept)
+    with pytest.raises(DatasetError, match="trigger"):
+        cwfid_to_bag.convert(data, tmp_path / "bad", ["002"], trigger="leaves", n_val=0)
 
 
 @pytest.mark.shared_data
