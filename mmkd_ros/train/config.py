@@ -51,16 +51,20 @@ _FOCUS_FIELDS = ("focus_floor", "focus_momentum", "focus_start")
 # The task discriminator's 2K-way cross-entropy replaces the GAN loss and its penalties, and it
 # needs no condition: the class it must name is its target.
 _ADV_TASK_FIELDS = tuple(f for f in _ADV_FIELDS if f not in ("gan_loss", "gp", "gp_weight", "disc_condition"))
+# ce_start (the teacher's terms alone first) is read by the ce term, but means something only
+# beside a teacher term: listed under those, so ``ce`` alone refuses it and a study's ce baseline
+# goes back to labels from the start.
+_TEACHER_FIELDS = ("ce_start",)
 #: The DistillConfig fields that only some terms read; a method without those terms refuses them.
 TERM_FIELDS: dict[str, tuple[str, ...]] = {
     "ce": (),
-    "kd": ("w_kd", "kd_temperature"),
-    "feat": ("w_feat", "projector_hidden"),
-    "feat_std": ("w_feat", "projector_hidden", *_FOCUS_FIELDS),
-    "adv": _ADV_FIELDS,
-    "adv_std": (*_ADV_FIELDS, *_FOCUS_FIELDS),
-    "adv_task": _ADV_TASK_FIELDS,
-    "adv_task_std": (*_ADV_TASK_FIELDS, *_FOCUS_FIELDS),
+    "kd": ("w_kd", "kd_temperature", *_TEACHER_FIELDS),
+    "feat": ("w_feat", "projector_hidden", *_TEACHER_FIELDS),
+    "feat_std": ("w_feat", "projector_hidden", *_FOCUS_FIELDS, *_TEACHER_FIELDS),
+    "adv": (*_ADV_FIELDS, *_TEACHER_FIELDS),
+    "adv_std": (*_ADV_FIELDS, *_FOCUS_FIELDS, *_TEACHER_FIELDS),
+    "adv_task": (*_ADV_TASK_FIELDS, *_TEACHER_FIELDS),
+    "adv_task_std": (*_ADV_TASK_FIELDS, *_FOCUS_FIELDS, *_TEACHER_FIELDS),
 }
 
 
@@ -180,9 +184,6 @@ class DistillConfig:
         _check_numbers("distill", self, positive=("lr_disc", "kd_temperature"),
                        non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "gp_weight", "adv_warmup_epochs", "mixup_alpha"),
                        unit=("focus_momentum", "focus_start", "ce_start"))
-        if self.ce_start > 0 and self.method == "ce":
-            raise ConfigError(f"distill.ce_start={self.ce_start} needs a teacher term to learn from before the labels; "
-                              "choose a method other than ce or drop it")
         _check_integers("distill", self, d_steps=1, disc_hidden=1, disc_layers=1, projector_hidden=0)
         if not (math.isfinite(self.focus_floor) and 0.0 <= self.focus_floor <= 1.0):
             raise ConfigError(f"distill.focus_floor={self.focus_floor!r} is out of range; use a number in [0, 1] "
@@ -324,8 +325,6 @@ def with_method(config: Config, method: str) -> Config:
     tree = to_dict(config)
     for name in {n for fields in TERM_FIELDS.values() for n in fields} - used:
         tree["distill"][name] = _DEFAULTS[name]
-    if method == "ce":  # nothing to learn before the labels without a teacher term
-        tree["distill"]["ce_start"] = _DEFAULTS["ce_start"]
     tree["distill"]["method"] = method
     return from_dict(tree)
 

@@ -239,8 +239,10 @@ def build_objectives(cfg: DistillConfig, teacher_dim: int, num_classes: int, run
     if any(t.endswith("_std") for t in terms):
         focus = FeatureFocus(teacher_dim, cfg.focus_momentum, cfg.focus_floor,
                              start_steps=round(cfg.focus_start * cfg.epochs * steps_per_epoch)).to(runtime.device)
+    # Labels join after ce_start of the schedule only where a teacher term has something to teach first.
+    ce_start = cfg.ce_start if method_needs_teacher(cfg.method) else 0.0
     builders = {
-        "ce": lambda: CrossEntropy(cfg.w_ce, cfg.label_smoothing, round(cfg.ce_start * cfg.epochs * steps_per_epoch)),
+        "ce": lambda: CrossEntropy(cfg.w_ce, cfg.label_smoothing, round(ce_start * cfg.epochs * steps_per_epoch)),
         "kd": lambda: LogitKD(cfg.w_kd, cfg.kd_temperature),
         "feat": lambda: FeatureRegression(cfg.w_feat, None),
         "feat_std": lambda: FeatureRegression(cfg.w_feat, focus),
