@@ -149,8 +149,8 @@ class DistillRecipe(RecipeBase):
             self.student_proj.projector.load_state_dict(state["projector"])
         self.opt_student.load_state_dict(state["opt_student"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.focus is not None:
-            self.focus.load_state_dict(state["focus"])
+        if self.focus is not None:  # runs saved before the step count existed resume with it at 0
+            self.focus.load_state_dict({"steps": torch.zeros((), dtype=torch.long), **state["focus"]})
         for term in self.terms:
             term.load_state_dict(state["terms"][term.name])
 

@@ -299,3 +299,13 @@ def test_ce_start_without_a_teacher_term_is_refused():
     baseline = config_lib.with_method(config_lib.load(None, ["distill.ce_start=0.5"]), "ce").distill
     terms, _ = build_objectives(baseline, teacher_dim=4, num_classes=3, runtime=Runtime.start("cpu"), steps_per_epoch=4)
     assert terms[0].start_steps == 0
+
+
+def test_a_run_saved_before_the_focus_step_count_resumes():
+    saved = tiny_models("adv+kd+feat")
+    saved.step(tiny_batch())
+    state = saved.state_dict()
+    del state["focus"]["steps"]  # as written before distill.focus_start existed
+    resumed = tiny_models("adv+kd+feat")
+    resumed.load_state_dict(state)
+    assert int(resumed.focus.steps) == 0 and torch.equal(resumed.focus.r2, saved.focus.r2)
