@@ -115,9 +115,8 @@ def vegetation_under_centre(categories: np.ndarray, x: int, y: int, window: int,
 def drive(red: np.ndarray, nir: np.ndarray, categories: np.ndarray, window: int, stride: int,
           centre: int, trigger: str = "all") -> Iterator[Frame]:
     """Frames of a lawnmower drive over one image: every position, or (``trigger="vegetation"``)
-    the positions with vegetation under the centre, keeping their place (tick) on the path."""
-    if trigger not in TRIGGERS:
-        raise DatasetError(f"--trigger {trigger!r} is not one of {', '.join(TRIGGERS)}")
+    the positions with vegetation under the centre, keeping their place (tick) on the path.
+    ``trigger`` is checked by :func:`convert`, before anything is written."""
     ys = window_origins(red.shape[0], window, stride)
     xs = window_origins(red.shape[1], window, stride)
     for tick, (r, c) in enumerate(serpentine(len(ys), len(xs))):
