@@ -45,7 +45,8 @@ from mmkd_ros.data.splits import read_bag_splits
 from mmkd_ros.core.errors import DatasetError, run_cli
 from mmkd_ros.core.provenance import made_by
 
-STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat", "adv_task", "adv_task+kd+feat")  # with a teacher term
+STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat", "adv_task", "adv_task+kd+feat", "kd+hall",
+            "adv+kd+feat+hall")  # with a teacher term
 TWIN_ARCH = "rgb_twin_resnet18_mid"
 # Study budget (overridable with key=value): small inputs so 3 seeds x 13 runs fit a CPU afternoon.
 STUDY_OVERRIDES = ["device=cpu", "select_by=macro_f1", "data.class_balanced=true", "data.input_size=[32, 32]",

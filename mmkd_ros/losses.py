@@ -154,6 +154,21 @@ def feature_l2_loss(student_features: torch.Tensor, teacher_features: torch.Tens
     return F.mse_loss(student_features, teacher_features)
 
 
+def hallucination_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """Hallucination stream (Hoffman et al. CVPR 2016): ``mean_{b,c,y,x} (s - (t - mu_c) / sigma_c)^2``.
+
+    ``student_map`` [B, C, h', w'] is the student's adapted mid-level map, ``teacher_map`` [B, C, h, w]
+    the teacher's NIR-branch map (no graph); each teacher channel is standardised by its mean and
+    std over the batch and locations, so every channel weighs alike whatever its scale. A student
+    map of another size is average-pooled to the teacher's.
+    """
+    if student_map.shape[-2:] != teacher_map.shape[-2:]:
+        student_map = F.adaptive_avg_pool2d(student_map, teacher_map.shape[-2:])
+    mean = teacher_map.mean(dim=(0, 2, 3), keepdim=True)  # [1, C, 1, 1]
+    std = teacher_map.std(dim=(0, 2, 3), keepdim=True) + 1e-5  # [1, C, 1, 1]
+    return F.mse_loss(student_map, (teacher_map - mean) / std)
+
+
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy over labelled samples only; label ``-1`` marks an unlabelled pair.
 

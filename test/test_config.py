@@ -65,6 +65,7 @@ def test_overrides_apply_after_the_file(tmp_path):
     ("distill.w_adv=.nan", "distill.w_adv=nan is out of range; use a finite number >= 0"),
     ("teacher.weight_decay=.inf", "teacher.weight_decay=inf is out of range; use a finite number >= 0"),
     ("teacher.dropout=1", "teacher.dropout=1.0 is out of range; use a number in [0, 1)"),
+    ("teacher.nir_dropout=1", "teacher.nir_dropout=1.0 is out of range; use a number in [0, 1)"),
     ("student.width=0", "student.width=0.0 is out of range; use a finite number > 0"),
     ("data.num_workers=-1", "data.num_workers=-1 is out of range; use an integer >= 0"),
     ("distill.disc_hidden=0", "distill.disc_hidden=0 is out of range; use an integer >= 1"),
@@ -99,7 +100,7 @@ def test_dump_writes_a_loadable_file(tmp_path):
 
 @pytest.mark.parametrize("method,setting", [
     ("adv", "distill.w_kd=2"), ("ce", "distill.w_adv=1"), ("kd", "distill.disc_hidden=16"),
-    ("feat_l2", "distill.focus_floor=1"), ("adv+kd", "distill.w_feat=3"),
+    ("feat_l2", "distill.focus_floor=1"), ("adv+kd", "distill.w_feat=3"), ("adv+kd+feat", "distill.w_hall=2"),
 ])
 def test_a_setting_of_a_term_the_method_lacks_is_refused(method, setting):
     with pytest.raises(ConfigError, match=re.escape(f"has no effect under distill.method={method}")) as info:
@@ -112,7 +113,8 @@ def test_every_method_is_a_row_of_known_terms_and_its_settings_are_accepted():
         assert terms[0] == "ce" and set(terms) <= set(config_lib.TERM_FIELDS)
         used = {name for term in terms for name in config_lib.TERM_FIELDS[term]}
         overrides = [f"distill.method={method}"] + [f"distill.{name}={value}" for name, value in
-                                                     (("w_kd", 2.0), ("w_adv", 0.3), ("w_feat", 2.0)) if name in used]
+                                                     (("w_kd", 2.0), ("w_adv", 0.3), ("w_feat", 2.0), ("w_hall", 0.5))
+                                                     if name in used]
         config_lib.load(None, overrides)  # no error: these terms read them
 
 

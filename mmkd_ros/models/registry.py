@@ -27,19 +27,21 @@ def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 @register
 def teacher_resnet18_mid(
     num_classes: int, rgb_channels: int = 3, nir_channels: int = 1, width: float = 1.0, fuse_at: int = 2,
-    dropout: float = 0.0,
+    dropout: float = 0.0, nir_dropout: float = 0.0,
 ) -> nn.Module:
     """Two ResNet-18 branches fused after stage ``fuse_at``, ResNet-18 trunk (about 11-12 M parameters at width 1)."""
-    return TwoBranchTeacher(num_classes, rgb_channels, nir_channels, width, fuse_at, (2, 2, 2, 2), dropout)
+    return TwoBranchTeacher(num_classes, rgb_channels, nir_channels, width, fuse_at, (2, 2, 2, 2), dropout,
+                            nir_dropout)
 
 
 @register
 def teacher_resnet_tiny(
     num_classes: int, rgb_channels: int = 3, nir_channels: int = 1, width: float = 0.25, fuse_at: int = 2,
-    dropout: float = 0.0,
+    dropout: float = 0.0, nir_dropout: float = 0.0,
 ) -> nn.Module:
     """One BasicBlock per stage and a width multiplier: the same topology for tests and demos."""
-    return TwoBranchTeacher(num_classes, rgb_channels, nir_channels, width, fuse_at, (1, 1, 1, 1), dropout)
+    return TwoBranchTeacher(num_classes, rgb_channels, nir_channels, width, fuse_at, (1, 1, 1, 1), dropout,
+                            nir_dropout)
 
 
 @register

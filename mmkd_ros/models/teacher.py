@@ -81,8 +81,12 @@ class TwoBranchTeacher(nn.Module):
         fuse_at: int = 2,
         blocks: Sequence[int] = RESNET18_BLOCKS,
         dropout: float = 0.0,
+        nir_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= nir_dropout < 1.0:
+            raise ValueError(f"nir_dropout must be in [0, 1), got {nir_dropout}")
+        self.nir_dropout = nir_dropout
         if fuse_at not in (1, 2, 3):
             raise ValueError(f"fuse_at must be 1, 2 or 3 (stage after which RGB and NIR are concatenated), got {fuse_at}")
         if rgb_channels < 1 or nir_channels < 1:
@@ -104,8 +108,22 @@ class TwoBranchTeacher(nn.Module):
 
     def forward_features(self, rgb: torch.Tensor, nir: torch.Tensor) -> torch.Tensor:
         """[B,Cr,H,W], [B,Cn,H,W] -> pooled fused feature [B, num_features]."""
-        fused = torch.cat([self.rgb_branch(rgb), self.nir_branch(nir)], dim=1)  # [B, 2*C_fuse, h, w]
-        return torch.flatten(self.pool(self.trunk(fused)), 1)  # [B, D]
+        return self.forward_maps(rgb, nir)[0]
+
+    def forward_maps(self, rgb: torch.Tensor, nir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled fused feature [B, D] and the NIR branch's map before fusion [B, C_fuse, h, w].
+
+        In training mode with ``nir_dropout`` p, each sample's NIR map is zeroed with probability
+        p before fusion (modality dropout, Neverova et al. 2015): the fused feature then has to
+        carry the class from RGB alone as well, which a student that sees only RGB can copy.
+        """
+        nir_map = self.nir_branch(nir)  # [B, C_fuse, h, w]
+        fused_nir = nir_map
+        if self.training and self.nir_dropout > 0:
+            keep = torch.rand(len(nir_map), 1, 1, 1, device=nir_map.device) >= self.nir_dropout  # [B,1,1,1]
+            fused_nir = nir_map * keep
+        fused = torch.cat([self.rgb_branch(rgb), fused_nir], dim=1)  # [B, 2*C_fuse, h, w]
+        return torch.flatten(self.pool(self.trunk(fused)), 1), nir_map  # [B, D], [B, C_fuse, h, w]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """[B, D] -> logits [B, K]."""
@@ -129,7 +147,7 @@ class RGBTwin(TwoBranchTeacher):
 
     def forward_features(self, rgb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """[B,C,H,W] -> pooled feature [B, num_features]; both branches see the visible image."""
-        return super().forward_features(rgb, rgb)
+        return self.forward_maps(rgb, rgb)[0]
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.forward_head(self.forward_features(rgb))

@@ -35,6 +35,8 @@ from mmkd_ros.core.errors import ConfigError
 #:   adv_std   discriminator on standardised, predictability-weighted features
 #:   adv_task  discriminator with a task (Garcia et al. TPAMI 2019): 2K-way, class x teacher/student
 #:   adv_task_std  the same on standardised, predictability-weighted features
+#:   hall      hallucination stream (Hoffman et al. CVPR 2016): the student's mid-level map, through a
+#:             1x1 adapter, regresses the teacher's NIR-branch map per sample and location
 METHODS: dict[str, tuple[str, ...]] = {
     "ce": ("ce",),
     "kd": ("ce", "kd"),
@@ -44,6 +46,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "adv+kd+feat": ("ce", "adv_std", "kd", "feat_std"),
     "adv_task": ("ce", "adv_task"),
     "adv_task+kd+feat": ("ce", "adv_task_std", "kd", "feat_std"),
+    "kd+hall": ("ce", "kd", "hall"),
+    "adv+kd+feat+hall": ("ce", "adv_std", "kd", "feat_std", "hall"),
 }
 _ADV_FIELDS = ("w_adv", "gan_loss", "d_steps", "lr_disc", "disc_hidden", "disc_layers", "disc_spectral_norm",
                "disc_condition", "gp", "gp_weight", "adv_warmup_epochs", "projector_hidden")
@@ -65,6 +69,7 @@ TERM_FIELDS: dict[str, tuple[str, ...]] = {
     "adv_std": (*_ADV_FIELDS, *_FOCUS_FIELDS, *_TEACHER_FIELDS),
     "adv_task": (*_ADV_TASK_FIELDS, *_TEACHER_FIELDS),
     "adv_task_std": (*_ADV_TASK_FIELDS, *_FOCUS_FIELDS, *_TEACHER_FIELDS),
+    "hall": ("w_hall", *_TEACHER_FIELDS),
 }
 
 
@@ -101,6 +106,11 @@ class TeacherConfig:
     width: float = 0.5
     fuse_at: int = 2
     dropout: float = 0.0
+    # Modality dropout (Neverova et al. 2015), toward a teacher a student can copy (the modality
+    # focusing hypothesis, Xue et al. ICLR 2023): the share of training pairs whose NIR-branch map
+    # is zeroed before fusion, so the fused feature learns to carry the class from RGB as well.
+    # Training only; the teacher always sees NIR when it teaches or runs. 0: off.
+    nir_dropout: float = 0.0
     epochs: int = 8
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -109,7 +119,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check_recipe("teacher", self)
-        _check_numbers("teacher", self, positive=("width",), unit=("dropout",))
+        _check_numbers("teacher", self, positive=("width",), unit=("dropout", "nir_dropout"))
         if self.fuse_at not in (1, 2, 3):
             raise ConfigError(f"teacher.fuse_at={self.fuse_at!r} is out of range; use 1, 2 or 3 (the stage after "
                               "which RGB and NIR are concatenated)")
@@ -146,6 +156,7 @@ class DistillConfig:
     w_adv: float = 0.5
     w_kd: float = 1.0
     w_feat: float = 1.0
+    w_hall: float = 1.0  # hallucination stream: weight of the NIR-map regression (methods *+hall)
     kd_temperature: float = 4.0
     gan_loss: Literal["nsgan", "lsgan", "hinge"] = "nsgan"
     d_steps: int = 1  # discriminator updates per student update
@@ -184,7 +195,7 @@ class DistillConfig:
             raise ConfigError(f"distill.method={self.method!r} is not allowed; choose one of {', '.join(METHODS)}")
         _check_recipe("distill", self)
         _check_numbers("distill", self, positive=("lr_disc", "kd_temperature"),
-                       non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "gp_weight", "adv_warmup_epochs", "mixup_alpha"),
+                       non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "w_hall", "gp_weight", "adv_warmup_epochs", "mixup_alpha"),
                        unit=("focus_momentum", "focus_start", "ce_start"))
         _check_integers("distill", self, d_steps=1, disc_hidden=1, disc_layers=1, projector_hidden=0)
         if not (math.isfinite(self.focus_floor) and 0.0 <= self.focus_floor <= 1.0):

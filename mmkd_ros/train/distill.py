@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from mmkd_ros.core import artifact
 from mmkd_ros.core.atomic import check_writable
 from mmkd_ros.core.device import resolve_device
-from mmkd_ros.core.errors import CheckpointError, quiet_native_logs
+from mmkd_ros.core.errors import CheckpointError, ConfigError, quiet_native_logs
 from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train.config import Config, DistillConfig
 from mmkd_ros.train.data import make_eval_loader, make_train_loader, prepare_data
@@ -37,7 +37,7 @@ from mmkd_ros.train.loop import (
     RecipeBase, check_validation_split, cosine_schedule, fit, load_resume_state, resumed_config, seed_everything,
 )
 from mmkd_ros.train.objectives import (
-    Adversarial, StepTensors, build_objectives, method_needs_projector, method_needs_teacher,
+    Adversarial, StepTensors, build_objectives, method_needs_maps, method_needs_projector, method_needs_teacher,
 )
 
 BEST_NAME = "student.pt"
@@ -46,19 +46,68 @@ BEST_NAME = "student.pt"
 class StudentWithProjector(nn.Module):
     """The student plus (for feature-level methods) its projector, as one module so DDP wraps one thing.
 
-    forward(rgb [B,C,H,W]) -> (logits [B,K], projected feature [B,D_t] or None).
+    ``hint`` (the hallucination stream): the index of the student's ``features`` layer whose map
+    is adapted by a 1x1 convolution to the teacher's NIR-branch channels. The adapter, like the
+    projector, is training only: the deployed student is ``student`` alone.
+
+    forward(rgb [B,C,H,W]) -> (logits [B,K], projected feature [B,D_t] or None, adapted map
+    [B,C_t,h,w] or None).
     """
 
-    def __init__(self, student: nn.Module, projector: nn.Module | None) -> None:
+    def __init__(self, student: nn.Module, projector: nn.Module | None,
+                 hint: tuple[int, int, int] | None = None) -> None:
         super().__init__()
         self.student = student
         self.projector = projector
+        self.adapter = None
+        self._hint_map: torch.Tensor | None = None
+        if hint is not None:
+            index, student_channels, teacher_channels = hint
+            self.adapter = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+            student.features[index].register_forward_hook(self._keep_hint)
 
-    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _keep_hint(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._hint_map = output
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         features = self.student.forward_features(rgb)  # [B, D_s]
         logits = self.student.forward_head(features)  # [B, K]
         projected = self.projector(features) if self.projector is not None else None  # [B, D_t]
-        return logits, projected
+        adapted = None
+        if self.adapter is not None:
+            adapted, self._hint_map = self.adapter(self._hint_map), None  # [B, C_t, h, w]
+        return logits, projected, adapted
+
+
+def hint_layer(student: nn.Module, teacher: nn.Module, probe: int = 64) -> tuple[int, int, int]:
+    """Where the hallucination stream taps the student: (index of its ``features`` layer, its channels,
+    the teacher's NIR-branch channels).
+
+    The tap is the last student layer at the stride of the teacher's fusion map (or the last finer
+    one, pooled to size in the loss), found by running both on a ``probe`` x ``probe`` image.
+    """
+    layers = getattr(student, "features", None)
+    nir_branch = getattr(teacher, "nir_branch", None)
+    if not isinstance(layers, nn.Sequential) or nir_branch is None:
+        raise ConfigError(f"the hallucination stream needs a student with staged `features` and a two-branch "
+                          f"teacher ({type(student).__name__}, {type(teacher).__name__}); choose a method "
+                          "without +hall")
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        device = next(student.parameters()).device
+        nir_channels = nir_branch.stem[0].in_channels
+        target = nir_branch(torch.zeros(1, nir_channels, probe, probe, device=device))  # [1, C_t, h, w]
+        rgb_channels = next(m for m in layers.modules() if isinstance(m, nn.Conv2d)).in_channels
+        x = torch.zeros(1, rgb_channels, probe, probe, device=device)
+        sizes = []
+        for layer in layers:
+            x = layer(x)
+            sizes.append((x.shape[-1], x.shape[1]))
+    student.train(was_training)
+    finer = [i for i, (size, _) in enumerate(sizes) if size >= target.shape[-1]]
+    index = finer[-1] if finer else 0
+    return index, sizes[index][1], target.shape[1]
 
 
 class DistillRecipe(RecipeBase):
@@ -78,7 +127,9 @@ class DistillRecipe(RecipeBase):
         if method_needs_projector(cfg.method):
             projector = build_model("projector_linear", in_features=self.model.num_features,
                                     out_features=teacher.num_features, hidden=cfg.projector_hidden)
-        self.student_proj = StudentWithProjector(self.model, projector).to(runtime.device)
+        self.uses_maps = method_needs_maps(cfg.method)
+        hint = hint_layer(self.model, teacher) if self.uses_maps else None
+        self.student_proj = StudentWithProjector(self.model, projector, hint).to(runtime.device)
         self.student_synced = runtime.wrap(self.student_proj)
         self.opt_student = torch.optim.AdamW(self.student_proj.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = cosine_schedule(self.opt_student, cfg.epochs * steps_per_epoch,
@@ -93,14 +144,15 @@ class DistillRecipe(RecipeBase):
         mixed_labels, mix_weight = None, 1.0
         if self.config.distill.mixup_alpha > 0:
             rgb, nir, mixed_labels, mix_weight = mix_pairs(rgb, nir, labels, self.config.distill)
-        teacher_features = teacher_logits = None
+        teacher_features = teacher_logits = teacher_map = None
         if self.uses_teacher:
             with torch.no_grad():  # the teacher is frozen: no graph, no gradient, ever
-                teacher_features = self.teacher.forward_features(rgb, nir)  # [B, D_t]
+                teacher_features, teacher_map = self.teacher.forward_maps(rgb, nir)  # [B, D_t], [B, C_t, h, w]
                 teacher_logits = self.teacher.forward_head(teacher_features)  # [B, K]
-        student_logits, student_projected = self.student_synced(rgb)  # [B, K], [B, D_t] or None
+        # [B, K], [B, D_t] or None, [B, C_t, h, w] or None
+        student_logits, student_projected, student_map = self.student_synced(rgb)
         x = StepTensors(labels, student_logits, student_projected, teacher_features, teacher_logits,
-                        mixed_labels, mix_weight)
+                        mixed_labels, mix_weight, student_map, teacher_map if self.uses_maps else None)
         out: dict[str, float] = {}
         if self.focus is not None:
             self.focus.update(teacher_features, student_projected)
@@ -138,8 +190,9 @@ class DistillRecipe(RecipeBase):
             term.sync(self.runtime)
 
     def state_dict(self) -> dict[str, Any]:
-        projector = self.student_proj.projector
+        projector, adapter = self.student_proj.projector, self.student_proj.adapter
         return {"projector": projector.state_dict() if projector is not None else None,
+                "adapter": adapter.state_dict() if adapter is not None else None,
                 "opt_student": self.opt_student.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "focus": self.focus.state_dict() if self.focus is not None else None,
                 "terms": {term.name: term.state_dict() for term in self.terms}}
@@ -147,6 +200,8 @@ class DistillRecipe(RecipeBase):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.student_proj.projector is not None:
             self.student_proj.projector.load_state_dict(state["projector"])
+        if self.student_proj.adapter is not None:
+            self.student_proj.adapter.load_state_dict(state["adapter"])
         self.opt_student.load_state_dict(state["opt_student"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.focus is not None:  # runs saved before the step count existed resume with it at 0

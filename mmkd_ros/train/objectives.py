@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from mmkd_ros.losses import (
-    classification_loss, disc_loss, feature_l2_loss, gen_loss, gradient_penalty, kd_loss, r1_penalty, task_disc_loss,
-    task_gen_loss,
+    classification_loss, disc_loss, feature_l2_loss, gen_loss, gradient_penalty, hallucination_loss, kd_loss,
+    r1_penalty, task_disc_loss, task_gen_loss,
 )
 from mmkd_ros.models import build_model
 from mmkd_ros.train.config import METHODS, DistillConfig
@@ -38,6 +38,8 @@ class StepTensors:
     teacher_logits: torch.Tensor | None  # [B, K], no graph
     mixed_labels: torch.Tensor | None = None  # [B]: labels of the partners blended in (mixed pairs), -1 = none
     mix_weight: float = 1.0  # share of ``labels``' own image in each blended input
+    student_map: torch.Tensor | None = None  # [B, C_t, h', w']: the student's adapted mid-level map (hall)
+    teacher_map: torch.Tensor | None = None  # [B, C_t, h, w]: the teacher's NIR-branch map, no graph (hall)
 
 
 class Objective:
@@ -46,6 +48,7 @@ class Objective:
     name = ""
     needs_teacher = True  # reads the frozen teacher's outputs (and so can learn from unlabelled pairs)
     needs_projector = False  # reads the student's feature projected to the teacher's size
+    needs_maps = False  # reads the student's mid-level map and the teacher's NIR-branch map
 
     def loss(self, x: StepTensors) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -120,6 +123,24 @@ class FeatureRegression(Objective):
         else:
             loss_feat = self.focus.regression_loss(x.student_projected, x.teacher_features)
         return self.weight * loss_feat, {"loss_feat": float(loss_feat.detach())}
+
+
+class Hallucination(Objective):
+    """``w_hall * |A(s_map) - std(t_nir_map)|^2``: the hallucination stream (Hoffman et al. CVPR 2016).
+
+    The student's mid-level map at the teacher's fusion stride, through a 1x1 adapter ``A``
+    (training only, like the projector), regresses the teacher's NIR-branch map, per sample and
+    location: the student learns to predict from RGB what the NIR branch would have seen there.
+    """
+
+    name, needs_maps = "hall", True
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+
+    def loss(self, x: StepTensors) -> tuple[torch.Tensor, dict[str, float]]:
+        loss_hall = hallucination_loss(x.student_map, x.teacher_map)
+        return self.weight * loss_hall, {"loss_hall": float(loss_hall.detach())}
 
 
 class Adversarial(Objective):
@@ -250,6 +271,7 @@ def build_objectives(cfg: DistillConfig, teacher_dim: int, num_classes: int, run
         "adv_std": lambda: Adversarial(cfg, teacher_dim, num_classes, focus, runtime, steps_per_epoch),
         "adv_task": lambda: Adversarial(cfg, teacher_dim, num_classes, None, runtime, steps_per_epoch, task=True),
         "adv_task_std": lambda: Adversarial(cfg, teacher_dim, num_classes, focus, runtime, steps_per_epoch, task=True),
+        "hall": lambda: Hallucination(cfg.w_hall),
     }
     return [builders[t]() for t in terms], focus
 
@@ -257,7 +279,7 @@ def build_objectives(cfg: DistillConfig, teacher_dim: int, num_classes: int, run
 #: The class of each term name used in METHODS.
 TERMS: dict[str, type[Objective]] = {"ce": CrossEntropy, "kd": LogitKD, "feat": FeatureRegression,
                                      "feat_std": FeatureRegression, "adv": Adversarial, "adv_std": Adversarial,
-                                     "adv_task": Adversarial, "adv_task_std": Adversarial}
+                                     "adv_task": Adversarial, "adv_task_std": Adversarial, "hall": Hallucination}
 
 
 def method_needs_teacher(method: str) -> bool:
@@ -268,6 +290,11 @@ def method_needs_teacher(method: str) -> bool:
 def method_needs_projector(method: str) -> bool:
     """Whether a term of ``method`` reads the student's projected feature."""
     return any(TERMS[t].needs_projector for t in METHODS[method])
+
+
+def method_needs_maps(method: str) -> bool:
+    """Whether a term of ``method`` reads mid-level maps (the hallucination stream)."""
+    return any(TERMS[t].needs_maps for t in METHODS[method])
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:

@@ -76,7 +76,8 @@ class TeacherRecipe(RecipeBase):
 def teacher_arch_args(config: Config, num_classes: int, channels: dict[str, int]) -> dict[str, Any]:
     """Flat builder arguments of the teacher (what the checkpoint stores)."""
     return {"num_classes": num_classes, "rgb_channels": channels["rgb"], "nir_channels": channels["nir"],
-            "width": config.teacher.width, "fuse_at": config.teacher.fuse_at, "dropout": config.teacher.dropout}
+            "width": config.teacher.width, "fuse_at": config.teacher.fuse_at, "dropout": config.teacher.dropout,
+            "nir_dropout": config.teacher.nir_dropout}
 
 
 def train_teacher(config: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,

@@ -99,3 +99,15 @@ def test_rgb_twin_is_the_teacher_without_nir():
     rgb = torch.randn(2, 1, SIZE, SIZE)
     teacher.eval(), twin.eval()
     assert torch.allclose(twin(rgb), teacher(rgb, rgb))
+
+
+def test_nir_dropout_zeroes_the_nir_map_in_training_only():
+    torch.manual_seed(0)
+    teacher = build_model("teacher_resnet_tiny", num_classes=3, width=0.125, nir_dropout=0.999)
+    rgb, nir = torch.randn(6, 3, 32, 32), torch.randn(6, 1, 32, 32)
+    teacher.train()  # every sample's NIR map dropped (p 0.999): the fused feature ignores NIR
+    assert torch.allclose(teacher.forward_features(rgb, nir), teacher.forward_features(rgb, 5 * nir + 1))
+    teacher.eval()  # teaching and running: NIR always counts
+    assert not torch.allclose(teacher.forward_features(rgb, nir), teacher.forward_features(rgb, 5 * nir + 1))
+    with pytest.raises(ValueError, match="nir_dropout"):
+        build_model("teacher_resnet_tiny", num_classes=3, nir_dropout=1.0)

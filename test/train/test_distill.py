@@ -11,7 +11,7 @@ from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.losses import classification_loss, disc_loss
 from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train import config as config_lib
-from mmkd_ros.train.distill import DistillRecipe, distill, mix_pairs
+from mmkd_ros.train.distill import DistillRecipe, distill, hint_layer, mix_pairs
 from mmkd_ros.train.distributed import Runtime
 from mmkd_ros.train.objectives import (
     Adversarial, CrossEntropy, StepTensors, adv_ramp, build_objectives, task_classes,
@@ -93,15 +93,42 @@ def test_adversarial_gradient_reaches_the_student_and_never_the_teacher():
 @pytest.mark.parametrize("method", config_lib.METHODS)
 def test_every_method_steps_and_reports_its_terms(method):
     m = tiny_models(method)
-    assert (m.student_proj.projector is None) == (method in ("ce", "kd"))  # built only where a term reads it
+    assert (m.student_proj.projector is None) == (method in ("ce", "kd", "kd+hall"))  # built only where a term reads it
+    assert (m.student_proj.adapter is None) == ("hall" not in method)
     losses = m.step(tiny_batch())
     expected = {"ce": {"loss_ce"}, "kd": {"loss_kd"}, "feat_l2": {"loss_feat"}, "adv": {"loss_adv", "loss_disc"},
                 "adv+kd": {"loss_adv", "loss_kd", "loss_disc"},
                 "adv+kd+feat": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"},
                 "adv_task": {"loss_adv", "loss_disc"},
-                "adv_task+kd+feat": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"}}[method]
+                "adv_task+kd+feat": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2"},
+                "kd+hall": {"loss_kd", "loss_hall"},
+                "adv+kd+feat+hall": {"loss_adv", "loss_kd", "loss_disc", "loss_feat", "focus_r2", "loss_hall"}}[method]
     assert expected <= set(losses)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_hallucination_stream_regresses_the_nir_map_from_rgb_and_never_moves_the_teacher():
+    m = tiny_models("kd+hall", w_ce=0.0)
+    teacher_before = copy.deepcopy(m.teacher.state_dict())
+    # the tap: the tiny student's last layer (stride 8, as the teacher's fusion map), 32 -> 16 channels
+    assert hint_layer(m.model, m.teacher) == (2, 32, 16)
+    batch = tiny_batch()
+    with torch.no_grad():
+        _, teacher_map = m.teacher.forward_maps(batch["rgb"], batch["nir"])  # [4, 16, 4, 4]
+    _, _, adapted = m.student_proj(batch["rgb"])
+    assert adapted.shape == teacher_map.shape
+    standardised = (teacher_map - teacher_map.mean((0, 2, 3), keepdim=True)) / (
+        teacher_map.std((0, 2, 3), keepdim=True) + 1e-5)
+    expected = float(((adapted.detach() - standardised) ** 2).mean())
+    losses = m.step(batch)
+    assert losses["loss_hall"] == pytest.approx(expected, rel=1e-5)
+    assert losses["loss"] == pytest.approx(losses["loss_kd"] + expected, rel=1e-5)  # w_kd = w_hall = 1, w_ce = 0
+    assert all(p.grad is None for p in m.teacher.parameters())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in m.teacher.state_dict().items())
+    for name in ("adapter.weight", "student.features.0.0.weight"):  # the map's own layers and the tap's path
+        assert dict(m.student_proj.named_parameters())[name].grad.abs().sum() > 0, name
+    # the adapter is training-only: the deployed student holds none of it
+    assert not any(k.startswith("adapter") for k in m.model.state_dict())
 
 
 def test_task_discriminator_names_class_and_source_and_moves_the_student():
@@ -207,7 +234,7 @@ def test_golden_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path):
     assert (tmp_path / "adv" / "metrics.csv").is_file() and (tmp_path / "adv" / "config.yaml").is_file()
 
 
-@pytest.mark.parametrize("method", ["adv", "kd", "adv+kd+feat"])
+@pytest.mark.parametrize("method", ["adv", "kd", "adv+kd+feat", "kd+hall"])
 def test_resume_gives_identical_next_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path, method):
     cfg = config_lib.with_method(tiny_config, method)
     if method == "adv":
