@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="where datasets and runs go (default: $TMPDIR/mmkd_ros_study/NAME, outside "
                              "the project: the data are research-only)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(STUDENTS), choices=STUDENTS)
+    parser.add_argument("--methods", nargs="*", default=list(STUDENTS), choices=STUDENTS,
+                        help="students to distil (default all); none (a bare --methods): teacher, twin and ce "
+                        "only, e.g. to choose the study's input size by them")
     parser.add_argument("--every", type=int, default=2, help="keep every N-th frame of a bag (default "
                         "%(default)s: neighbouring frames overlap by half)")
     parser.add_argument("--label-share", type=float, default=1.0,
