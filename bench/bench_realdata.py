@@ -259,6 +259,18 @@ def bar_chart(summary: dict, names: list[str], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def study_configs(overrides: list[str], shared: list[str], variant: bool
+                  ) -> tuple[config_lib.Config, config_lib.Config]:
+    """(config of teacher, twin and ce; config of the distilled students).
+
+    ``shared`` overrides every run; ``overrides`` every run too, except under a variant, whose
+    overrides touch its students only (so teacher, ce and twin are reused from the main study).
+    """
+    base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *shared, *([] if variant else overrides)])
+    students = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *shared, *overrides])
+    return base, students
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversion", type=Path, required=True,
@@ -277,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep labels on this share of the training bags (default all)")
     parser.add_argument("--variant", default="", help="name of an ablation: the overrides apply to the "
                         "distilled students only, whose runs get this suffix; teacher, ce and twin are reused")
+    parser.add_argument("--shared", nargs="+", default=[], metavar="key=value",
+                        help="config overrides for every run, teacher, ce and twin included, also with "
+                        "--variant (e.g. the study's input size); put it after the positional overrides")
     parser.add_argument("--all-frames-only", action="store_true",
                         help="skip the students trained on labelled frames only (the ablation of unlabelled frames)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each")
@@ -304,9 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     # "Labelled only" runs are worth their time when unlabelled frames are more than a sliver of the data.
     has_unlabelled = train["unlabelled"] >= 0.05 * (train["labelled"] + train["unlabelled"])
     with_labelled_only = has_unlabelled and not args.all_frames_only
-    shared = [] if args.variant else list(args.overrides)  # a variant's overrides touch its students only
-    base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *shared])
-    variant_base = config_lib.load(REPO / "config" / "train.yaml", [*STUDY_OVERRIDES, *args.overrides])
+    base, variant_base = study_configs(args.overrides, args.shared, bool(args.variant))
     runs = plan(tuple(args.methods), with_labelled_only, args.variant)
     names = ["teacher", "twin", "ce"] + [r[0] for r in runs[2:]]
 
