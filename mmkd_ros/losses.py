@@ -133,16 +133,38 @@ def gradient_penalty(interp_logits: torch.Tensor, interp_inputs: torch.Tensor) -
 # --- distillation baselines and supervision ---------------------------------------------------
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
     """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, mean over the batch.
 
     Hinton, Vinyals & Dean, 2015, "Distilling the Knowledge in a Neural Network". The ``T^2``
-    factor keeps the gradient scale independent of ``T``. Logits: [B, K].
+    factor keeps the gradient scale independent of ``T``. Logits: [B, K]. ``weights`` [B]: each
+    pair's share, ``T^2 * sum_b w_b KL_b / B`` (a pair of weight 0 teaches nothing).
     """
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    if weights is None:
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    else:
+        per_pair = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)  # [B]
+        kl = (weights * per_pair).sum() / len(per_pair)
     return kl * temperature**2
+
+
+def rank_agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Kendall's tau between each pair's student and teacher class scores: [B] in [-1, 1].
+
+    ``mean_{j<k} sign(s_j - s_k) * sign(t_j - t_k)`` over the K(K-1)/2 class pairs; with two classes,
+    +1 where both name the same class, -1 where they differ. C2KD (Huo et al. CVPR 2024) distils
+    only pairs whose rankings agree: where they do not, the teacher's answer rests on what the
+    student's modality does not show.
+    """
+    k = student_logits.shape[1]
+    ds = student_logits.unsqueeze(2) - student_logits.unsqueeze(1)  # [B, K, K]
+    dt = teacher_logits.unsqueeze(2) - teacher_logits.unsqueeze(1)
+    upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=student_logits.device), diagonal=1)
+    concordance = (torch.sign(ds) * torch.sign(dt))[:, upper]  # [B, K(K-1)/2]
+    return concordance.mean(1)
 
 
 def feature_l2_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:

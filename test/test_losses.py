@@ -70,6 +70,20 @@ def test_kd_loss_hinton():
     assert losses.kd_loss(teacher, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kd_loss_weights_pairs_and_rank_agreement_is_kendalls_tau():
+    student = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    teacher = torch.tensor([[0.0, 1.0, 2.0]] * 3)
+    # concordant class pairs minus discordant ones, over the 3 pairs: all, none, 2 of 3
+    assert losses.rank_agreement(student, teacher).tolist() == pytest.approx([1.0, -1.0, 1.0 / 3.0])
+    two = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # two classes: +1 same answer, -1 another
+    assert losses.rank_agreement(two, torch.tensor([[0.0, 3.0]] * 2)).tolist() == [1.0, -1.0]
+    each = [losses.kd_loss(student[i:i + 1], teacher[i:i + 1], 2.0).item() for i in range(3)]
+    weighted = losses.kd_loss(student, teacher, 2.0, weights=torch.tensor([1.0, 0.0, 1.0]))
+    assert weighted.item() == pytest.approx((each[0] + each[2]) / 3, rel=1e-6)  # a dropped pair still counts in B
+    ones = losses.kd_loss(student, teacher, 2.0, weights=torch.ones(3))
+    assert ones.item() == pytest.approx(losses.kd_loss(student, teacher, 2.0).item(), rel=1e-6)
+
+
 def test_feature_l2_loss():
     # mean((1-0)^2, (2-0)^2) = 2.5
     assert losses.feature_l2_loss(torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2)).item() == pytest.approx(2.5)

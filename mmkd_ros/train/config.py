@@ -62,7 +62,7 @@ _TEACHER_FIELDS = ("ce_start",)
 #: The DistillConfig fields that only some terms read; a method without those terms refuses them.
 TERM_FIELDS: dict[str, tuple[str, ...]] = {
     "ce": (),
-    "kd": ("w_kd", "kd_temperature", *_TEACHER_FIELDS),
+    "kd": ("w_kd", "kd_temperature", "kd_filter", *_TEACHER_FIELDS),
     "feat": ("w_feat", "projector_hidden", *_TEACHER_FIELDS),
     "feat_std": ("w_feat", "projector_hidden", *_FOCUS_FIELDS, *_TEACHER_FIELDS),
     "adv": (*_ADV_FIELDS, *_TEACHER_FIELDS),
@@ -158,6 +158,9 @@ class DistillConfig:
     w_feat: float = 1.0
     w_hall: float = 1.0  # hallucination stream: weight of the NIR-map regression (methods *+hall)
     kd_temperature: float = 4.0
+    # C2KD's on-the-fly selection (Huo et al. CVPR 2024): "rank" distils logits only on pairs whose
+    # student and teacher class rankings agree (Kendall's tau > 0, measured each step); "none": all.
+    kd_filter: Literal["none", "rank"] = "none"
     gan_loss: Literal["nsgan", "lsgan", "hinge"] = "nsgan"
     d_steps: int = 1  # discriminator updates per student update
     lr_disc: float = 5e-4

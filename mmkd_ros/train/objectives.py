@@ -19,7 +19,7 @@ from torch import nn
 
 from mmkd_ros.losses import (
     classification_loss, disc_loss, feature_l2_loss, gen_loss, gradient_penalty, hallucination_loss, kd_loss,
-    r1_penalty, task_disc_loss, task_gen_loss,
+    r1_penalty, rank_agreement, task_disc_loss, task_gen_loss,
 )
 from mmkd_ros.models import build_model
 from mmkd_ros.train.config import METHODS, DistillConfig
@@ -96,16 +96,24 @@ class CrossEntropy(Objective):
 
 
 class LogitKD(Objective):
-    """``w_kd * KD_T(student logits, teacher logits)`` (Hinton et al., 2015)."""
+    """``w_kd * KD_T(student logits, teacher logits)`` (Hinton et al., 2015).
+
+    ``rank_filter`` (``distill.kd_filter=rank``, C2KD): only pairs whose student and teacher class
+    rankings agree (Kendall's tau > 0) are distilled; the others weigh 0 in the batch mean.
+    """
 
     name = "kd"
 
-    def __init__(self, weight: float, temperature: float) -> None:
-        self.weight, self.temperature = weight, temperature
+    def __init__(self, weight: float, temperature: float, rank_filter: bool = False) -> None:
+        self.weight, self.temperature, self.rank_filter = weight, temperature, rank_filter
 
     def loss(self, x: StepTensors) -> tuple[torch.Tensor, dict[str, float]]:
-        loss_kd = kd_loss(x.student_logits, x.teacher_logits, self.temperature)
-        return self.weight * loss_kd, {"loss_kd": float(loss_kd.detach())}
+        if not self.rank_filter:
+            loss_kd = kd_loss(x.student_logits, x.teacher_logits, self.temperature)
+            return self.weight * loss_kd, {"loss_kd": float(loss_kd.detach())}
+        keep = (rank_agreement(x.student_logits.detach(), x.teacher_logits) > 0).float()  # [B]
+        loss_kd = kd_loss(x.student_logits, x.teacher_logits, self.temperature, weights=keep)
+        return self.weight * loss_kd, {"loss_kd": float(loss_kd.detach()), "kd_kept": float(keep.mean())}
 
 
 class FeatureRegression(Objective):
@@ -264,7 +272,7 @@ def build_objectives(cfg: DistillConfig, teacher_dim: int, num_classes: int, run
     ce_start = cfg.ce_start if method_needs_teacher(cfg.method) else 0.0
     builders = {
         "ce": lambda: CrossEntropy(cfg.w_ce, cfg.label_smoothing, round(ce_start * cfg.epochs * steps_per_epoch)),
-        "kd": lambda: LogitKD(cfg.w_kd, cfg.kd_temperature),
+        "kd": lambda: LogitKD(cfg.w_kd, cfg.kd_temperature, cfg.kd_filter == "rank"),
         "feat": lambda: FeatureRegression(cfg.w_feat, None),
         "feat_std": lambda: FeatureRegression(cfg.w_feat, focus),
         "adv": lambda: Adversarial(cfg, teacher_dim, num_classes, None, runtime, steps_per_epoch),

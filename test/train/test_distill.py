@@ -8,7 +8,7 @@ import torch
 from mmkd_ros.core import artifact as ckpt_lib
 from mmkd_ros.core.errors import CheckpointError, ConfigError, ModelLoadError
 from mmkd_ros.deploy.classifier import Classifier
-from mmkd_ros.losses import classification_loss, disc_loss
+from mmkd_ros.losses import classification_loss, disc_loss, kd_loss, rank_agreement
 from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.train.distill import DistillRecipe, distill, hint_layer, mix_pairs
@@ -129,6 +129,32 @@ def test_hallucination_stream_regresses_the_nir_map_from_rgb_and_never_moves_the
         assert dict(m.student_proj.named_parameters())[name].grad.abs().sum() > 0, name
     # the adapter is training-only: the deployed student holds none of it
     assert not any(k.startswith("adapter") for k in m.model.state_dict())
+
+
+def test_rank_filter_distils_only_pairs_whose_rankings_agree():
+    m = tiny_models("kd", w_ce=0.0)
+    m = DistillRecipe(config_lib.replace(m.config, distill={"kd_filter": "rank"}), Runtime.start("cpu"), None,
+                      m.describe, m.teacher, "teacher.pt", steps_per_epoch=10)
+    generator = torch.Generator().manual_seed(3)
+    shift = 3 * torch.randn(16, 4, 1, 1, generator=generator)  # images of other colours: rankings move with them
+    batch = {"rgb": torch.randn(16, 3, 32, 32, generator=generator) + shift[:, :3],
+             "nir": torch.randn(16, 1, 32, 32, generator=generator) + shift[:, 3:], "label": torch.full((16,), -1)}
+    with torch.no_grad():
+        teacher_logits = m.teacher(batch["rgb"], batch["nir"])
+        student_logits, _, _ = m.student_proj(batch["rgb"])
+    keep = (rank_agreement(student_logits, teacher_logits) > 0).float()
+    assert 0 < keep.sum() < len(keep)  # this batch has pairs on both sides
+    expected = kd_loss(student_logits, teacher_logits, m.config.distill.kd_temperature, weights=keep)
+    losses = m.step(batch)
+    assert losses["kd_kept"] == pytest.approx(float(keep.mean()))
+    assert losses["loss_kd"] == pytest.approx(float(expected), rel=1e-5)
+    assert losses["loss_kd"] < kd_loss(student_logits, teacher_logits, m.config.distill.kd_temperature).item()
+
+
+def test_rank_filter_needs_a_kd_term():
+    with pytest.raises(ConfigError, match="kd_filter"):
+        config_lib.load(None, ["distill.method=feat_l2", "distill.kd_filter=rank"])
+    assert config_lib.load(None, ["distill.method=adv+kd+feat", "distill.kd_filter=rank"]).distill.kd_filter == "rank"
 
 
 def test_task_discriminator_names_class_and_source_and_moves_the_student():

@@ -82,6 +82,12 @@ def test_realdata_table_has_bag_intervals() -> None:
                 "models": {"teacher": model(right), "ce": model(noisy), "kd": model(noisy)}} for _ in range(2)]
     table, summary = bench_realdata.summarise(reports, ["teacher", "ce", "kd"])
     assert "interval over the 6 val bags" in table.splitlines()[0]
+    assert summary["kd"]["gap_twin_macro_f1"] == []  # no twin in this study
+    halfway = [t if i % 2 else n for i, (t, n) in enumerate(zip(right, noisy))]
+    with_twin = [{**r, "models": {**r["models"], "twin": model(right), "kd": model(halfway)}} for r in reports]
+    _, twin_summary = bench_realdata.summarise(with_twin, ["teacher", "twin", "ce", "kd"])
+    ce_f1, kd_f1 = with_twin[0]["models"]["ce"]["macro_f1"], with_twin[0]["models"]["kd"]["macro_f1"]
+    assert twin_summary["kd"]["gap_twin_macro_f1"] == pytest.approx([(kd_f1 - ce_f1) / (1.0 - ce_f1)] * 2)
     assert summary["kd"]["bag_interval"]["minus_ce"] == (0.0, 0.0)  # same predictions as ce
     low, high = summary["teacher"]["bag_interval"]["minus_ce"]
     assert 0 < low <= high  # perfect vs noisy: separated on every draw of bags
