@@ -157,9 +157,7 @@ class DistillConfig:
     w_kd: float = 1.0
     w_feat: float = 1.0
     w_hall: float = 1.0  # hallucination stream: weight of the NIR-map regression (methods *+hall)
-    # 2 rather than Hinton's usual 4: on Houston +2.0 macro-F1 for the default, 5 of 5 seeds; level on
-    # CWFID with a quarter of the labels (BENCHMARKS.md, "Method variants at one budget (3)").
-    kd_temperature: float = 2.0
+    kd_temperature: float = 4.0
     # C2KD's on-the-fly selection (Huo et al. CVPR 2024): "rank" distils logits only on pairs whose
     # student and teacher class rankings agree (Kendall's tau > 0, measured each step); "none": all.
     kd_filter: Literal["none", "rank"] = "none"
