@@ -28,6 +28,7 @@ import csv
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start
     write_atomic(work / f"summary{report_tag}.json", json.dumps({"summary": summary, "frames": frames,
                                                                "wall_s": wall}, indent=2))
-    shown = " ".join(argv if argv is not None else sys.argv[1:])
+    shown = shlex.join(argv if argv is not None else sys.argv[1:])  # quoted: pastes back into a shell
     teacher = summary["teacher"]
     ratio_p = summary["ce"]["params"] / teacher["params"]
     ratio_f = summary["ce"]["flops"] / teacher["flops"]
