@@ -25,17 +25,18 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.data.dataset import open_dataset
 from mmkd_ros.data.extract import BagOptions, extract_bags
 from mmkd_ros.sim.synthetic import SyntheticConfig, write_bag
-from mmkd_ros.tools.evaluate import evaluate
+from mmkd_ros.tools.evaluate import evaluate, kept_validation
 from mmkd_ros.train.distill import distill
 from mmkd_ros.core.provenance import made_by
 from mmkd_ros.train.loop import claim_run, file_digest, finish_run, run_identity
 from mmkd_ros.train.teacher import train_teacher
-from report_section import replace_section
+from bench.report_section import replace_section  # noqa: E402
 
 TITLE = "Distillation methods at an equal budget (synthetic demo bag)"
 METHODS = tuple(config_lib.METHODS)
@@ -68,7 +69,9 @@ def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple
             student = distill(method_config, dataset, teacher, run_dir, resume=state == "resume")
             finish_run(run_dir)
         checkpoints[method] = student
-    return evaluate(checkpoints, dataset, out / "eval", split="test", latency_runs=30)
+    report = evaluate(checkpoints, dataset, out / "eval", split="test", latency_runs=30)
+    report["validation"] = {name: kept_validation(path) for name, path in checkpoints.items()}
+    return report
 
 
 def mean_std(values: list[float]) -> str:
@@ -81,25 +84,32 @@ def summarise(reports: list[dict], methods: tuple[str, ...]) -> tuple[str, dict]
     """Markdown table and a JSON-able summary over seeds."""
     names = ["teacher", *methods]
     summary: dict = {"models": {}}
-    lines = ["| model | inputs | test accuracy | test macro-F1 | gap closed (accuracy) | params | MFLOPs |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | inputs | test accuracy | test macro-F1 | gap closed (accuracy) | validation accuracy "
+             "(kept epoch) | gap closed on validation | params | MFLOPs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         acc = [r["models"][name]["accuracy"] for r in reports]
         f1 = [r["models"][name]["macro_f1"] for r in reports]
-        gap = []
-        if name not in ("teacher", "ce") and "ce" in names:
-            for r in reports:
-                base, top = r["models"]["ce"]["accuracy"], r["models"]["teacher"]["accuracy"]
-                if top > base:
-                    gap.append((r["models"][name]["accuracy"] - base) / (top - base))
+        val = [r["validation"][name]["accuracy"] for r in reports]
+        gap = closed_shares(reports, name, lambda r, m: r["models"][m]["accuracy"]) if "ce" in names else []
+        val_gap = closed_shares(reports, name, lambda r, m: r["validation"][m]["accuracy"]) if "ce" in names else []
         first = reports[0]["models"][name]
-        summary["models"][name] = {"accuracy": acc, "macro_f1": f1, "gap_closed": gap,
-                                   "params": first["params"], "flops": first["flops"]}
+        summary["models"][name] = {"accuracy": acc, "macro_f1": f1, "gap_closed": gap, "val_accuracy": val,
+                                   "val_gap_closed": val_gap, "params": first["params"], "flops": first["flops"]}
         inputs = "RGB+NIR" if name == "teacher" else "RGB"
-        gap_text = mean_std(gap) if gap else ("0 (baseline)" if name == "ce" else "-")
-        lines.append(f"| {name} | {inputs} | {mean_std(acc)} | {mean_std(f1)} | {gap_text} | "
+        baseline = "0 (baseline)" if name == "ce" else "-"
+        lines.append(f"| {name} | {inputs} | {mean_std(acc)} | {mean_std(f1)} | {mean_std(gap) if gap else baseline} | "
+                     f"{mean_std(val)} | {mean_std(val_gap) if val_gap else baseline} | "
                      f"{first['params'] / 1e6:.2f} M | {first['flops'] / 1e6:.1f} |")
     return "\n".join(lines), summary
+
+
+def closed_shares(reports: list[dict], name: str, score) -> list[float]:
+    """(name - ce) / (teacher - ce) per seed, seeds where the teacher leads ``ce``; [] for those two."""
+    if name in ("teacher", "ce"):
+        return []
+    return [(score(r, name) - score(r, "ce")) / (score(r, "teacher") - score(r, "ce"))
+            for r in reports if score(r, "teacher") > score(r, "ce")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
         table,
         "",
-        "Gap closed = (accuracy of the method - accuracy of ce) / (teacher accuracy - ce accuracy), per seed.",
+        "Gap closed = (accuracy of the method - accuracy of ce) / (teacher accuracy - ce accuracy), per seed. "
+        "Validation accuracy: the validation split's score of the epoch each run kept (that split picks the "
+        "epoch and the settings; the test split only reports).",
         f"Student size: {params_ratio:.3f} of the teacher's parameters and {flops_ratio:.3f} of its FLOPs "
         f"({'within' if within else 'NOT within'} the 1/5 budget).",
     ])

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -77,6 +78,15 @@ def test_demo_report_holds_the_three_models_and_the_chart(demo_run):
         record["gap_closed"]["accuracy"] == pytest.approx(expected)
     # The baseline had the student's optimiser steps: more epochs, since most frames are unlabelled.
     assert record["baseline_epochs"] > record["config"]["distill"]["epochs"]
+    # Validation figures (which choose settings) are those of the epoch each run kept: the best
+    # validation score of its metrics.csv, by the config's select_by.
+    assert set(record["validation"]) == set(m)
+    key = {"accuracy": "val_acc", "macro_f1": "val_macro_f1"}[record["config"]["select_by"]]
+    runs = demo.runs_dir(out, demo.Drives(**record["drives"]))
+    for name, run in (("teacher", "teacher"), ("baseline", "baseline"), (student, "student")):
+        with open(runs / run / "metrics.csv") as f:
+            best = max(float(row[key]) for row in csv.DictReader(f))
+        assert record["validation"][name][record["config"]["select_by"]] == pytest.approx(best)
 
 
 def test_demo_starts_the_nodes_of_the_demo_launch_file():

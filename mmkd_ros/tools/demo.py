@@ -51,7 +51,7 @@ from mmkd_ros.data.splits import write_bag_splits
 from mmkd_ros.nodes.common import percentile
 from mmkd_ros.nodes.outputs import classification_output
 from mmkd_ros.sim.synthetic import SyntheticConfig, plan_recording, write_bag
-from mmkd_ros.tools.evaluate import evaluate
+from mmkd_ros.tools.evaluate import evaluate, kept_validation
 from mmkd_ros.tools.launch_spec import read_nodes
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.train.config import Config
@@ -423,6 +423,7 @@ def run_demo(config: Config, out: Path, drives: Drives = Drives(), live: bool = 
                           device=config.device)
         metrics = {names[k] if k == "student" else k: {m: report["models"][names[k]][m] for m in ("accuracy", "macro_f1")}
                    for k in checkpoints}
+        validation = {names[k] if k == "student" else k: kept_validation(path) for k, path in checkpoints.items()}
         student = names["student"]
         closed = {m: gap_closed(metrics[student][m], metrics["baseline"][m], metrics["teacher"][m])
                   for m in ("accuracy", "macro_f1")}
@@ -440,7 +441,8 @@ def run_demo(config: Config, out: Path, drives: Drives = Drives(), live: bool = 
             result.live = run_live(bags["test"], models, out / "live", rate=rate, device=config.device)
     result.timings = timings
     write_atomic(out / "eval" / "demo.json", json.dumps(
-        {"drives": drives.__dict__, "metrics": metrics, "gap_closed": closed, "test_scenes": test_scenes,
+        {"drives": drives.__dict__, "metrics": metrics, "validation": validation, "gap_closed": closed,
+         "test_scenes": test_scenes,
          "method": config.distill.method, "baseline_epochs": baseline.distill.epochs, "timings": timings,
          "live": {name: {"frames": sc.received, "accuracy": sc.accuracy, "latency_p50_ms": sc.latency(50)}
                   for name, sc in result.live.items()},

@@ -29,6 +29,13 @@ from mmkd_ros.models import build_from_checkpoint
 from mmkd_ros.train.data import make_eval_loader, predict_logits
 
 
+def kept_validation(checkpoint: str | Path) -> dict[str, float]:
+    """Accuracy and macro-F1 on the validation split of the epoch a run kept, as its training loop
+    recorded them: the figures that choose settings (the test split only reports)."""
+    recorded = load_checkpoint(checkpoint)["metrics"]
+    return {"accuracy": recorded["val_accuracy"], "macro_f1": recorded["val_macro_f1"]}
+
+
 def evaluate(checkpoints: Sequence[str | Path] | dict[str, str | Path], data_dir: str | Path, out_dir: str | Path,
              split: str = "test", device: str = "cpu", latency_runs: int = 50) -> dict[str, Any]:
     """Evaluate each checkpoint on ``split`` of ``data_dir``; write the report into ``out_dir``.
