@@ -98,10 +98,10 @@ def test_realdata_table_has_bag_intervals() -> None:
 
 
 def test_realdata_variant_keeps_shared_overrides_on_every_run() -> None:
-    size, temperature = "data.input_size=[64, 64]", "distill.kd_temperature=2.0"
+    size, temperature = "data.input_size=[64, 64]", "distill.kd_temperature=3.0"
     base, students = bench_realdata.study_configs([temperature], [size], variant=True)
     assert base.data.input_size == students.data.input_size == (64, 64)  # teacher, ce, twin at the study's size
-    assert base.distill.kd_temperature == 4.0 and students.distill.kd_temperature == 2.0  # the variant's own
+    assert base.distill.kd_temperature == 2.0 and students.distill.kd_temperature == 3.0  # the variant's own
     base, students = bench_realdata.study_configs([temperature], [], variant=False)
-    assert base.distill.kd_temperature == students.distill.kd_temperature == 2.0
+    assert base.distill.kd_temperature == students.distill.kd_temperature == 3.0
     assert base.data.input_size == (32, 32)  # the study's budget where nothing overrides it
