@@ -56,7 +56,7 @@ def cells(work: Path) -> dict[str, dict]:
 
 def mean_std(values: list[float], fmt: str = "{:.3f}") -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(std)}"
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.replace('+', '').format(std)}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     reference = next(iter(settings))
     lines = [
         f"Command: `python bench/bench_demo_validation.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
-        f"({(time.perf_counter() - start) / 60:.1f} min, {torch.get_num_threads()} CPU threads, {platform.machine()}; "
+        f"({(time.perf_counter() - start) / 60:.1f} min, torch threads {torch.get_num_threads()}, {platform.machine()}; "
         f"{made_by()}).", "",
         f"One validation drive of {args.seconds:g} s ({scenes} scenes, simulator seed {args.seed + 1000}), accuracy; "
         f"cells {', '.join(shared)}.", "",
