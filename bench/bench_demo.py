@@ -146,7 +146,7 @@ def ceiling_lines(results: dict[float, list[dict]], ceilings: dict[int, dict], s
 
 def mean_std(values: list[float], fmt: str = "{:.3f}") -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(std)}"
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.replace('+', '').format(std)}"
 
 
 def share_table(cells: list[dict]) -> tuple[list[str], dict]:

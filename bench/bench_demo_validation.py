@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,9 @@ from mmkd_ros.data.splits import write_bag_splits
 from mmkd_ros.sim.synthetic import plan_recording, write_bag
 from mmkd_ros.tools.demo import Drives, runs_dir
 from mmkd_ros.tools.evaluate import evaluate, kept_validation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_demo import mean_std  # noqa: E402
 
 MODELS = {"teacher": ("teacher", "teacher.pt"), "baseline": ("baseline", "student.pt"), "student": ("student", "student.pt")}
 
@@ -52,11 +54,6 @@ def cells(work: Path) -> dict[str, dict]:
         done = json.loads(record.read_text())
         found[record.parent.parent.name] = {**done, "runs": runs_dir(record.parent.parent, Drives(**done["drives"]))}
     return found
-
-
-def mean_std(values: list[float], fmt: str = "{:.3f}") -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.replace('+', '').format(std)}"
 
 
 def main(argv: list[str] | None = None) -> None:
