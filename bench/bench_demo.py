@@ -10,7 +10,8 @@ RGB-only models (the student's architecture, and the teacher's on RGB) trained w
 ten times the training drive, and the gap closed against that ceiling.
 
 A finished cell (seed x share) is reused only when its ``eval/demo.json`` records this code
-(the digest of the source, ``mmkd_ros.core.provenance``) and this resolved config; otherwise its folder is deleted
+(the digest of the source, ``mmkd_ros.core.provenance``), this resolved config and this torch thread count
+(``numerics``: it changes the trained models); otherwise its folder is deleted
 and the cell runs again from the drives on.
 
     python bench/bench_demo.py                       # seeds 0 1 2, label shares 0.25 and 1
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 from mmkd_ros.core.atomic import write_atomic
-from mmkd_ros.core.provenance import code_version, made_by
+from mmkd_ros.core.provenance import code_version, made_by, numerics
 from mmkd_ros.tools.demo import BASELINE, Drives, run_demo, runs_dir
 from mmkd_ros.train import config as config_lib
 
@@ -53,8 +54,8 @@ def run_cell(config: config_lib.Config, drives: Drives, work: Path) -> dict:
     if record.is_file():
         done = json.loads(record.read_text())
         if (done.get("code") or {}).get("source") == code_version()["source"] and done.get("config") == config_lib.to_dict(config) \
-                and done.get("drives") == drives.__dict__:
-            print(f"[bench_demo] reusing {work} (same code and config)", file=sys.stderr)
+                and done.get("drives") == drives.__dict__ and done.get("numerics") == numerics():
+            print(f"[bench_demo] reusing {work} (same code, config and thread count)", file=sys.stderr)
             return done
         print(f"[bench_demo] {work} was made by other code or config: running it again", file=sys.stderr)
     if work.exists():
@@ -84,7 +85,7 @@ def run_ceiling(config: config_lib.Config, seed: int, scale: float, epochs: int,
     configs = {name: config_lib.replace(config_lib.with_method(config, "ce"), distill={"epochs": epochs},
                                         student={**arch, **({"width": config.teacher.width} if arch else {})})
                for name, arch in CEILING_MODELS.items()}
-    key = {"code": code_version()["source"], "drives": drives.__dict__,
+    key = {"code": code_version()["source"], "numerics": numerics(), "drives": drives.__dict__,
            "configs": {k: config_lib.to_dict(v) for k, v in configs.items()}}
     record = work / "ceiling.json"
     if record.is_file():

@@ -46,7 +46,7 @@ def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple
              reuse: bool = False) -> dict:
     """Teacher and every student for one seed; returns evaluate()'s report of the test split.
 
-    ``reuse``: keep runs of ``out`` whose ``run.json`` records this code, config and inputs
+    ``reuse``: keep runs of ``out`` whose ``run.json`` records this code, config, inputs and thread count
     (:func:`~mmkd_ros.train.loop.claim_run`); any other run is made again.
     """
     key = open_dataset(dataset).cache_key

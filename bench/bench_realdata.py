@@ -18,7 +18,7 @@ BENCHMARKS.md.
 ``--label-share 0.25`` keeps the labels of a quarter of the training bags only (the others become
 unlabelled drives), the setting of a robot that records far more than anyone annotates.
 Runs already finished in ``--work`` are reused, and an interrupted one continues, only when their
-``run.json`` records the same source, resolved config and inputs (dataset, teacher file); any other
+``run.json`` records the same source, resolved config, inputs (dataset, teacher file) and torch thread count; any other
 run is deleted and made again.
 """
 from __future__ import annotations

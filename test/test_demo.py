@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mmkd_ros.sim.synthetic import SyntheticConfig
 from mmkd_ros.tools import demo
@@ -87,6 +88,8 @@ def test_demo_report_holds_the_three_models_and_the_chart(demo_run):
         with open(runs / run / "metrics.csv") as f:
             best = max(float(row[key]) for row in csv.DictReader(f))
         assert record["validation"][name][record["config"]["select_by"]] == pytest.approx(best)
+    # The thread count the runs were trained under is recorded (reuse requires the same count).
+    assert record["numerics"] == {"torch_threads": torch.get_num_threads()}
 
 
 def test_demo_starts_the_nodes_of_the_demo_launch_file():

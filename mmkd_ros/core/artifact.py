@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: ON
 from mmkd_ros import __version__
 from mmkd_ros.core.atomic import atomic_path
 from mmkd_ros.core.errors import CheckpointError
-from mmkd_ros.core.provenance import code_version
+from mmkd_ros.core.provenance import code_version, numerics
 
 FORMAT = "mmkd_ros/checkpoint"
 VERSION = 1
@@ -65,6 +65,7 @@ def make_checkpoint(
         "metrics": dict(metrics or {}),
         "package_version": __version__,
         "code": code_version(),  # which source tree made it (benchmarks reuse runs of the same code only)
+        "numerics": numerics(),  # and under which thread count (it changes the result too)
     }
     if train_state is not None:
         checkpoint["train_state"] = train_state

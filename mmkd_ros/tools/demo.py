@@ -42,7 +42,7 @@ from tqdm import tqdm
 from mmkd_ros.core import artifact
 from mmkd_ros.core.atomic import atomic_path, write_atomic
 from mmkd_ros.core.errors import MmkdError
-from mmkd_ros.core.provenance import code_version
+from mmkd_ros.core.provenance import code_version, numerics
 from mmkd_ros.core.topics import LABEL_TOPIC, NIR_TOPIC, RGB_TOPIC
 from mmkd_ros.data.bag import BagReader
 from mmkd_ros.data.dataset import open_dataset
@@ -307,7 +307,7 @@ def _reusable(run_dir: Path, config: Config, epochs: int) -> bool:
         return False
     last = artifact.load_checkpoint(run_dir / LAST_NAME)
     return last["config"] == config_lib.to_dict(config) and (last.get("code") or {}).get("source") == \
-        code_version()["source"]
+        code_version()["source"] and last.get("numerics") == numerics()
 
 
 def baseline_config(config: Config, dataset: Path) -> Config:
@@ -446,7 +446,7 @@ def run_demo(config: Config, out: Path, drives: Drives = Drives(), live: bool = 
          "method": config.distill.method, "baseline_epochs": baseline.distill.epochs, "timings": timings,
          "live": {name: {"frames": sc.received, "accuracy": sc.accuracy, "latency_p50_ms": sc.latency(50)}
                   for name, sc in result.live.items()},
-         "code": code_version(), "config": config_lib.to_dict(config)}, indent=1))
+         "code": code_version(), "numerics": numerics(), "config": config_lib.to_dict(config)}, indent=1))
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f", total {sum(timings.values()):.0f} s", flush=True)
     return result

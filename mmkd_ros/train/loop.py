@@ -33,7 +33,7 @@ from mmkd_ros.core import artifact
 from mmkd_ros.core.atomic import atomic_path, remove_stale_temps, write_atomic
 from mmkd_ros.core.errors import CheckpointError, ConfigError, DatasetError
 from mmkd_ros.core.metrics import classification_metrics
-from mmkd_ros.core.provenance import code_version
+from mmkd_ros.core.provenance import code_version, numerics
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.data.dataset import open_dataset
 from mmkd_ros.train.config import Config
@@ -267,9 +267,11 @@ def file_digest(path: str | Path) -> str:
 
 
 def run_identity(config_tree: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
-    """What decides a run's result: the source digest (:func:`code_version`), the resolved config and
-    the inputs (e.g. the dataset's cache key, the teacher's :func:`file_digest`), as JSON reads them back."""
-    return json.loads(json.dumps({"code": code_version()["source"], "config": config_tree, "inputs": inputs}))
+    """What decides a run's result: the source digest (:func:`code_version`), the resolved config, the
+    inputs (e.g. the dataset's cache key, the teacher's :func:`file_digest`) and the thread count
+    (:func:`numerics`), as JSON reads them back."""
+    return json.loads(json.dumps({"code": code_version()["source"], "config": config_tree, "inputs": inputs,
+                                  "numerics": numerics()}))
 
 
 def claim_run(run_dir: Path, identity: dict[str, Any], reuse: bool = True) -> str:

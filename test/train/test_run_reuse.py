@@ -105,3 +105,24 @@ def test_realdata_variant_keeps_shared_overrides_on_every_run() -> None:
     base, students = bench_realdata.study_configs([temperature], [], variant=False)
     assert base.distill.kd_temperature == students.distill.kd_temperature == 3.0
     assert base.data.input_size == (32, 32)  # the study's budget where nothing overrides it
+
+
+def test_a_run_made_under_another_thread_count_is_made_again(tmp_path: Path) -> None:
+    """The thread count changes the order of floating-point sums, so the trained model: part of the identity."""
+    import torch
+
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    here = run_identity({"seed": 0}, {"dataset": "k1"})
+    assert here["numerics"] == {"torch_threads": threads}
+    assert claim_run(run, here) == "fresh"
+    finish_run(run)
+    torch.set_num_threads(threads + 1)
+    try:
+        other = run_identity({"seed": 0}, {"dataset": "k1"})
+    finally:
+        torch.set_num_threads(threads)
+    assert other["numerics"] == {"torch_threads": threads + 1}
+    assert claim_run(run, other) == "fresh"
+    finish_run(run)
+    assert claim_run(run, here) == "fresh"  # and back: the record names the count it was made under
