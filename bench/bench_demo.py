@@ -57,7 +57,7 @@ def run_cell(config: config_lib.Config, drives: Drives, work: Path) -> dict:
                 and done.get("drives") == drives.__dict__ and done.get("numerics") == numerics():
             print(f"[bench_demo] reusing {work} (same code, config and thread count)", file=sys.stderr)
             return done
-        print(f"[bench_demo] {work} was made by other code or config: running it again", file=sys.stderr)
+        print(f"[bench_demo] {work} was made by other code, config or thread count: running it again", file=sys.stderr)
     if work.exists():
         shutil.rmtree(work)
     run_demo(config, work, drives, live=False)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import bench_realdata
 from mmkd_ros.core.errors import DatasetError
@@ -109,8 +110,6 @@ def test_realdata_variant_keeps_shared_overrides_on_every_run() -> None:
 
 def test_a_run_made_under_another_thread_count_is_made_again(tmp_path: Path) -> None:
     """The thread count changes the order of floating-point sums, so the trained model: part of the identity."""
-    import torch
-
     run = tmp_path / "run"
     threads = torch.get_num_threads()
     here = run_identity({"seed": 0}, {"dataset": "k1"})
