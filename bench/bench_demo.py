@@ -64,7 +64,6 @@ def run_cell(config: config_lib.Config, drives: Drives, work: Path) -> dict:
     return json.loads(record.read_text())
 
 
-CEILING_MODELS = {"ce": {}, "twin": {"arch": "rgb_twin_resnet18_mid"}}  # student arch; teacher-sized RGB
 
 
 def run_ceiling(config: config_lib.Config, seed: int, scale: float, epochs: int, teacher: Path,
@@ -82,9 +81,8 @@ def run_ceiling(config: config_lib.Config, seed: int, scale: float, epochs: int,
 
     base = Drives(seed=seed, label_share=1.0)
     drives = Drives(seed=seed, label_share=1.0, train_s=base.train_s * scale)
-    configs = {name: config_lib.replace(config_lib.with_method(config, "ce"), distill={"epochs": epochs},
-                                        student={**arch, **({"width": config.teacher.width} if arch else {})})
-               for name, arch in CEILING_MODELS.items()}
+    configs = {name: config_lib.replace(model, distill={"epochs": epochs})
+               for name, model in (("ce", config_lib.with_method(config, "ce")), ("twin", config_lib.rgb_twin(config)))}
     key = {"code": code_version()["source"], "numerics": numerics(), "drives": drives.__dict__,
            "configs": {k: config_lib.to_dict(v) for k, v in configs.items()}}
     record = work / "ceiling.json"
@@ -118,7 +116,7 @@ def ceiling_lines(results: dict[float, list[dict]], ceilings: dict[int, dict], s
              "test drives; seeds " + ", ".join(map(str, seeds)) + ".", "",
              "| model | inputs | test accuracy | test macro-F1 |", "|---|---|---|---|"]
     names = {"ce": "`ce`, the student's architecture", "twin": "`twin`, the teacher's architecture on RGB"}
-    for name in CEILING_MODELS:
+    for name in ("ce", "twin"):
         acc = [ceilings[s]["metrics"][name]["accuracy"] for s in seeds]
         f1 = [ceilings[s]["metrics"][name]["macro_f1"] for s in seeds]
         lines.append(f"| ceiling {names[name]} | RGB | {mean_std(acc)} | {mean_std(f1)} |")

@@ -1,25 +1,31 @@
 #!/usr/bin/env python3
 """Distillation methods at an equal budget on the synthetic demo bag, over several seeds.
 
-Per seed: train the RGB+NIR teacher, then one RGB-only student per method (ce = the student alone,
-kd = Hinton, feat_l2 = FitNets-style regression, adv = adversarial, adv+kd, adv+kd+feat), all with the same
-epochs, batch size and optimiser; evaluate every model on the held-out test scenes. Reports mean ±
-std of test accuracy and macro-F1, the share of the gap between the RGB-only baseline (ce) and the
-teacher that each method closes, and student vs teacher parameters and FLOPs (the student must
-be at most 1/5 of both). Writes its section of BENCHMARKS.md.
+Per seed: train the RGB+NIR teacher, ``twin`` (the teacher's architecture on RGB, cross-entropy),
+then one RGB-only student per method (ce = the student alone, kd = Hinton, feat_l2 = FitNets-style
+regression, adv = adversarial, adv+kd, adv+kd+feat), all with the same epochs, batch size and
+optimiser; evaluate every model on the held-out test scenes. With ``--ceiling-scale`` (default 10)
+also the RGB ceiling of each seed: ``ce`` and ``twin`` trained with every label on a recording of
+that many times the scenes (fresh scenes of the same simulator), scored on the seed's own
+validation and test scenes. Reports mean ± std of test accuracy and macro-F1, the share of the gap
+between the RGB-only baseline (ce) and the teacher that each method closes, and against the RGB
+ceiling (the ceiling's ``twin``), and student vs teacher parameters and FLOPs (the student must be
+at most 1/5 of both). Writes its section of BENCHMARKS.md.
 
   .venv/bin/python bench/bench_distill.py                       # 3 seeds, defaults of config/train.yaml
-  .venv/bin/python bench/bench_distill.py --seeds 0 --no-write  # quick look
+  .venv/bin/python bench/bench_distill.py --seeds 0 --ceiling-scale 0 --no-write  # quick look
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 
 import torch
@@ -43,35 +49,70 @@ METHODS = tuple(config_lib.METHODS)
 
 
 def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple[str, ...],
-             reuse: bool = False) -> dict:
-    """Teacher and every student for one seed; returns evaluate()'s report of the test split.
+             reuse: bool = False, ceiling: Callable[[Path], dict[str, Path]] | None = None) -> dict:
+    """Teacher, ``twin`` and every student for one seed; returns evaluate()'s report of the test split.
 
     ``reuse``: keep runs of ``out`` whose ``run.json`` records this code, config, inputs and thread count
-    (:func:`~mmkd_ros.train.loop.claim_run`); any other run is made again.
+    (:func:`~mmkd_ros.train.loop.claim_run`); any other run is made again. ``ceiling``: given the
+    teacher, the checkpoints of the seed's RGB ceiling (:func:`run_ceiling`), scored here on this
+    dataset's test and validation scenes.
     """
     key = open_dataset(dataset).cache_key
-    teacher_dir = out / "teacher"
-    state = claim_run(teacher_dir, run_identity(config_lib.to_dict(config), {"dataset": key}), reuse)
-    if state == "reuse":
-        teacher = teacher_dir / "teacher.pt"
-    else:
-        teacher = train_teacher(config, dataset, teacher_dir, resume=state == "resume")
-        finish_run(teacher_dir)
+    teacher = trained_teacher(config, dataset, out / "teacher", reuse)
     checkpoints = {"teacher": teacher}
     inputs = {"dataset": key, "teacher": file_digest(teacher)}
-    for method in methods:
-        method_config = config_lib.with_method(config, method)
-        run_dir = out / method
-        state = claim_run(run_dir, run_identity(config_lib.to_dict(method_config), inputs), reuse)
-        if state == "reuse":
-            student = run_dir / "student.pt"
-        else:
-            student = distill(method_config, dataset, teacher, run_dir, resume=state == "resume")
-            finish_run(run_dir)
-        checkpoints[method] = student
-    report = evaluate(checkpoints, dataset, out / "eval", split="test", latency_runs=30)
+    runs = {"twin": config_lib.rgb_twin(config), **{m: config_lib.with_method(config, m) for m in methods}}
+    for name, run_config in runs.items():
+        checkpoints[name] = distilled(run_config, dataset, teacher, out / name, inputs, reuse)
+    ceilings = ceiling(teacher) if ceiling else {}
+    report = evaluate({**checkpoints, **ceilings}, dataset, out / "eval", split="test", latency_runs=30)
     report["validation"] = {name: kept_validation(path) for name, path in checkpoints.items()}
+    if ceilings:  # trained on other scenes: scored on this seed's validation scenes, like the rest
+        scored = evaluate(ceilings, dataset, out / "eval_ceiling_val", split="val", latency_runs=1)
+        report["validation"].update({name: {m: scored["models"][name][m] for m in ("accuracy", "macro_f1")}
+                                     for name in ceilings})
     return report
+
+
+def trained_teacher(config: config_lib.Config, dataset: Path, out: Path, reuse: bool) -> Path:
+    """The teacher of ``dataset`` in ``out``: reused, resumed or trained."""
+    state = claim_run(out, run_identity(config_lib.to_dict(config), {"dataset": open_dataset(dataset).cache_key}),
+                      reuse)
+    if state == "reuse":
+        return out / "teacher.pt"
+    teacher = train_teacher(config, dataset, out, resume=state == "resume")
+    finish_run(out)
+    return teacher
+
+
+def distilled(config: config_lib.Config, dataset: Path, teacher: Path, out: Path, inputs: dict, reuse: bool) -> Path:
+    """A student (or ``ce``/``twin``) in ``out``: reused, resumed or trained."""
+    state = claim_run(out, run_identity(config_lib.to_dict(config), inputs), reuse)
+    if state == "reuse":
+        return out / "student.pt"
+    student = distill(config, dataset, teacher, out, resume=state == "resume")
+    finish_run(out)
+    return student
+
+
+#: The ceiling's recordings use simulator seeds CEILING_SEED + s: scenes no seed's study drive holds.
+CEILING_SEED = 5000
+
+
+def run_ceiling(config: config_lib.Config, seed: int, duration: float, every: int, scale: float, epochs: int,
+                teacher: Path, *, work: Path, reuse: bool) -> dict[str, Path]:
+    """The RGB ceiling of a seed: ``ce`` and ``twin`` trained with every label on ``scale`` x
+    ``duration`` s of fresh scenes, ``epochs`` epochs (the teacher lends input size and normalisation)."""
+    bag = work / f"sim_seed{CEILING_SEED + seed}_{duration * scale:g}s"
+    if not bag.exists():
+        write_bag(bag, SyntheticConfig(seed=CEILING_SEED + seed, duration_s=duration * scale))
+    dataset = extract_bags([bag], work / f"pairs_seed{CEILING_SEED + seed}_every{every}", BagOptions(every=every),
+                           progress=False).path
+    inputs = {"dataset": open_dataset(dataset).cache_key, "teacher": file_digest(teacher)}
+    models = {"ceiling_ce": config_lib.with_method(config, "ce"), "ceiling_twin": config_lib.rgb_twin(config)}
+    return {name: distilled(config_lib.replace(model, distill={"epochs": epochs}), dataset, teacher,
+                            work / f"seed{seed}" / name, inputs, reuse)
+            for name, model in models.items()}
 
 
 def mean_std(values: list[float]) -> str:
@@ -80,36 +121,48 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+CEILING = ("ceiling_ce", "ceiling_twin")  # the RGB ceiling's rows; "ceiling_twin" is the ceiling the gap is measured to
+
+
 def summarise(reports: list[dict], methods: tuple[str, ...]) -> tuple[str, dict]:
     """Markdown table and a JSON-able summary over seeds."""
-    names = ["teacher", *methods]
+    ceiling = [n for n in CEILING if n in reports[0]["models"]]
+    names = ["teacher", *(["twin"] if "twin" in reports[0]["models"] else []), *methods, *ceiling]
     summary: dict = {"models": {}}
-    lines = ["| model | inputs | test accuracy | test macro-F1 | gap closed (accuracy) | validation accuracy "
-             "(kept epoch) | gap closed on validation | params | MFLOPs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | inputs | test accuracy | test macro-F1 | gap closed (accuracy) | gap to the RGB ceiling closed "
+             "(accuracy) | validation accuracy (kept epoch) | gap closed on validation | gap to the RGB ceiling closed "
+             "on validation | params | MFLOPs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         acc = [r["models"][name]["accuracy"] for r in reports]
         f1 = [r["models"][name]["macro_f1"] for r in reports]
         val = [r["validation"][name]["accuracy"] for r in reports]
-        gap = closed_shares(reports, name, lambda r, m: r["models"][m]["accuracy"]) if "ce" in names else []
-        val_gap = closed_shares(reports, name, lambda r, m: r["validation"][m]["accuracy"]) if "ce" in names else []
+        test_score = lambda r, m: r["models"][m]["accuracy"]  # noqa: E731
+        val_score = lambda r, m: r["validation"][m]["accuracy"]  # noqa: E731
+        gap, val_gap = closed_shares(reports, name, test_score), closed_shares(reports, name, val_score)
+        top = "ceiling_twin" if "ceiling_twin" in ceiling and name != "ceiling_twin" else None
+        gap_ceiling = closed_shares(reports, name, test_score, top) if top else []
+        val_gap_ceiling = closed_shares(reports, name, val_score, top) if top else []
         first = reports[0]["models"][name]
         summary["models"][name] = {"accuracy": acc, "macro_f1": f1, "gap_closed": gap, "val_accuracy": val,
-                                   "val_gap_closed": val_gap, "params": first["params"], "flops": first["flops"]}
+                                   "val_gap_closed": val_gap, "gap_closed_ceiling": gap_ceiling,
+                                   "val_gap_closed_ceiling": val_gap_ceiling,
+                                   "params": first["params"], "flops": first["flops"]}
         inputs = "RGB+NIR" if name == "teacher" else "RGB"
         baseline = "0 (baseline)" if name == "ce" else "-"
-        lines.append(f"| {name} | {inputs} | {mean_std(acc)} | {mean_std(f1)} | {mean_std(gap) if gap else baseline} | "
-                     f"{mean_std(val)} | {mean_std(val_gap) if val_gap else baseline} | "
+        shown = lambda values: mean_std(values) if values else baseline  # noqa: E731
+        lines.append(f"| {name} | {inputs} | {mean_std(acc)} | {mean_std(f1)} | {shown(gap)} | {shown(gap_ceiling)} | "
+                     f"{mean_std(val)} | {shown(val_gap)} | {shown(val_gap_ceiling)} | "
                      f"{first['params'] / 1e6:.2f} M | {first['flops'] / 1e6:.1f} |")
     return "\n".join(lines), summary
 
 
-def closed_shares(reports: list[dict], name: str, score) -> list[float]:
-    """(name - ce) / (teacher - ce) per seed, seeds where the teacher leads ``ce``; [] for those two."""
-    if name in ("teacher", "ce"):
+def closed_shares(reports: list[dict], name: str, score, top: str = "teacher") -> list[float]:
+    """(name - ce) / (top - ce) per seed, seeds where ``top`` leads ``ce``; [] for ce, the teacher and ``top``."""
+    if name in (top, "ce", "teacher"):
         return []
-    return [(score(r, name) - score(r, "ce")) / (score(r, "teacher") - score(r, "ce"))
-            for r in reports if score(r, "teacher") > score(r, "ce")]
+    return [(score(r, name) - score(r, "ce")) / (score(r, top) - score(r, "ce"))
+            for r in reports if score(r, top) > score(r, "ce")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=6, help="keep every N-th pair (default %(default)s: "
                         "15 Hz frames of one scene are near-duplicates; more scenes, not more frames)")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "train.yaml")
+    parser.add_argument("--ceiling-scale", type=float, default=10.0,
+                        help="the RGB ceiling's recording, in --duration units of fresh scenes, every scene labelled "
+                             "(default %(default)s; 0: no ceiling)")
+    parser.add_argument("--ceiling-epochs", type=int, default=3, help="epochs of the ceiling's models")
     parser.add_argument("--reuse", action="store_true", help="keep finished runs in --work (e.g. after "
                         "deleting one method's folders to redo it with new overrides)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
@@ -144,7 +201,11 @@ def main(argv: list[str] | None = None) -> None:
                                else args.work / f"pairs_every{args.every}", BagOptions(every=args.every),
                                progress=False).path
         config = config_lib.replace(base, seed=seed)
-        reports.append(run_seed(config, dataset, args.work / f"seed{seed}", methods, args.reuse))
+        ceiling = None
+        if args.ceiling_scale > 0:
+            ceiling = functools.partial(run_ceiling, config, seed, args.duration, args.every, args.ceiling_scale,
+                                        args.ceiling_epochs, work=args.work / "ceiling", reuse=args.reuse)
+        reports.append(run_seed(config, dataset, args.work / f"seed{seed}", methods, args.reuse, ceiling))
         pairs.append(reports[-1]["num_pairs"])
         print(f"[bench_distill] seed {seed} done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
     table, summary = summarise(reports, methods)
@@ -169,6 +230,12 @@ def main(argv: list[str] | None = None) -> None:
         "",
         table,
         "",
+        "`twin` = the teacher's architecture with RGB in both branches, trained with cross-entropy at the same "
+        "budget. " + (f"RGB ceiling: `ce` (the student's architecture) and `twin` trained with every label on "
+                      f"{args.ceiling_scale:g}x the recording ({args.ceiling_scale * args.duration:g} s of fresh scenes, "
+                      f"simulator seed {CEILING_SEED} + s), {args.ceiling_epochs} epochs, scored on the seed's own "
+                      "validation and test scenes; the gap to the RGB ceiling closed = (method - ce) / (ceiling_twin - "
+                      "ce) per seed. " if args.ceiling_scale > 0 else "") +
         "Gap closed = (accuracy of the method - accuracy of ce) / (teacher accuracy - ce accuracy), per seed. "
         "Validation accuracy: the validation split's score of the epoch each run kept (that split picks the "
         "epoch and the settings; the test split only reports).",

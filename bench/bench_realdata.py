@@ -48,7 +48,6 @@ from mmkd_ros.core.provenance import made_by
 
 STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat", "adv_task", "adv_task+kd+feat", "kd+hall",
             "adv+kd+feat+hall")  # with a teacher term
-TWIN_ARCH = "rgb_twin_resnet18_mid"
 # Study budget (overridable with key=value): small inputs so 3 seeds x 13 runs fit a CPU afternoon.
 STUDY_OVERRIDES = ["device=cpu", "select_by=macro_f1", "data.class_balanced=true", "data.input_size=[32, 32]",
                    "data.batch_size=64", "teacher.epochs=8", "distill.epochs=8"]
@@ -350,10 +349,9 @@ def main(argv: list[str] | None = None) -> None:
                     students[seed] = {"teacher": path}
                     for run, method, unlabelled in runs:
                         config = config_lib.replace(base if run in ("ce", "twin") else variant_base, seed=seed)
-                        student = {"arch": TWIN_ARCH, "width": config.teacher.width} if run == "twin" else {}
-                        run_config = config_lib.replace(config_lib.with_method(config, method),
-                                                        data={"unlabelled": unlabelled}, **(
-                                                            {"student": student} if student else {}))
+                        method_config = (config_lib.rgb_twin(config) if run == "twin"
+                                         else config_lib.with_method(config, method))
+                        run_config = config_lib.replace(method_config, data={"unlabelled": unlabelled})
                         f = pool.submit(distill_job, config_lib.to_dict(run_config), str(dataset), path,
                                         str(out / run.replace("+", "_").replace("[", "_").rstrip("]")))
                         pending[f] = ("student", seed, run)

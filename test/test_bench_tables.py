@@ -30,6 +30,29 @@ def test_bench_distill_table_reports_validation_gap_per_seed() -> None:
     assert bench_distill.summarise(reports, ("ce", "kd"))[1]["models"]["kd"]["val_gap_closed"] == pytest.approx([0.25])
 
 
+def test_bench_distill_table_measures_the_gap_to_the_rgb_ceiling() -> None:
+    reports = [  # (teacher, twin, ce, kd, RGB ceiling) on test and on validation, two seeds
+        {"models": {"teacher": _model(1.0), "twin": _model(0.6), "ce": _model(0.5), "kd": _model(0.6),
+                    "ceiling_ce": _model(0.65), "ceiling_twin": _model(0.7)},
+         "validation": {"teacher": _model(1.0), "twin": _model(0.7), "ce": _model(0.6), "kd": _model(0.7),
+                        "ceiling_ce": _model(0.75), "ceiling_twin": _model(0.8)}},
+        {"models": {"teacher": _model(1.0), "twin": _model(0.8), "ce": _model(0.8), "kd": _model(0.7),
+                    "ceiling_ce": _model(0.7), "ceiling_twin": _model(0.75)},  # ceiling below ce: no share
+         "validation": {"teacher": _model(1.0), "twin": _model(0.8), "ce": _model(0.7), "kd": _model(0.75),
+                        "ceiling_ce": _model(0.8), "ceiling_twin": _model(0.9)}},
+    ]
+    table, summary = bench_distill.summarise(reports, ("ce", "kd"))
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == [
+        "| teacher", "| twin", "| ce", "| kd", "| ceiling_ce", "| ceiling_twin"]
+    kd = summary["models"]["kd"]
+    assert kd["gap_closed_ceiling"] == pytest.approx([0.5])  # (0.6 - 0.5) / (0.7 - 0.5); seed 1 left out
+    assert kd["val_gap_closed_ceiling"] == pytest.approx([0.5, 0.25])
+    assert summary["models"]["twin"]["gap_closed_ceiling"] == pytest.approx([0.5])
+    assert summary["models"]["ceiling_twin"]["gap_closed_ceiling"] == []
+    assert summary["models"]["teacher"]["gap_closed_ceiling"] == []
+    assert summary["models"]["ceiling_twin"]["gap_closed"] == pytest.approx([0.4, -0.25])
+
+
 def test_bench_demo_table_pairs_validation_by_seed() -> None:
     def cell(seed: int, test: tuple, val: tuple) -> dict:
         names = ("teacher", "baseline", "student[kd]")

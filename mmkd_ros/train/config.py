@@ -348,6 +348,16 @@ def with_method(config: Config, method: str) -> Config:
     return from_dict(tree)
 
 
+#: The teacher's architecture with RGB in both branches: a study's teacher-sized RGB-only model (``twin``).
+TWIN_ARCH = "rgb_twin_resnet18_mid"
+
+
+def rgb_twin(config: Config) -> Config:
+    """``config``'s teacher-sized RGB-only model: :data:`TWIN_ARCH` at the teacher's width, trained like
+    ``ce`` (cross-entropy on RGB, the student's budget). Is the teacher's edge NIR or capacity?"""
+    return replace(with_method(config, "ce"), student={"arch": TWIN_ARCH, "width": config.teacher.width})
+
+
 def replace(config: Config, **sections: dict[str, Any]) -> Config:
     """A copy with some fields changed, e.g. ``replace(cfg, distill={"method": "kd"})`` (checked)."""
     tree = to_dict(config)
