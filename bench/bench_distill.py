@@ -21,9 +21,11 @@ import argparse
 import functools
 import json
 import platform
+import shutil
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +41,8 @@ from mmkd_ros.data.extract import BagOptions, extract_bags
 from mmkd_ros.sim.synthetic import SyntheticConfig, write_bag
 from mmkd_ros.tools.evaluate import evaluate, kept_validation
 from mmkd_ros.train.distill import distill
-from mmkd_ros.core.provenance import made_by
+from mmkd_ros.core.atomic import write_atomic
+from mmkd_ros.core.provenance import code_version, made_by
 from mmkd_ros.train.loop import claim_run, file_digest, finish_run, run_identity
 from mmkd_ros.train.teacher import train_teacher
 from bench.report_section import replace_section  # noqa: E402
@@ -103,11 +106,18 @@ def run_ceiling(config: config_lib.Config, seed: int, duration: float, every: in
                 teacher: Path, *, work: Path, reuse: bool) -> dict[str, Path]:
     """The RGB ceiling of a seed: ``ce`` and ``twin`` trained with every label on ``scale`` x
     ``duration`` s of fresh scenes, ``epochs`` epochs (the teacher lends input size and normalisation)."""
-    bag = work / f"sim_seed{CEILING_SEED + seed}_{duration * scale:g}s"
-    if not bag.exists():
-        write_bag(bag, SyntheticConfig(seed=CEILING_SEED + seed, duration_s=duration * scale))
-    dataset = extract_bags([bag], work / f"pairs_seed{CEILING_SEED + seed}_every{every}", BagOptions(every=every),
-                           progress=False).path
+    sim = SyntheticConfig(seed=CEILING_SEED + seed, duration_s=duration * scale)
+    dataset = work / f"pairs_seed{sim.seed}_{sim.duration_s:g}s_every{every}"
+    made = {"code": code_version()["source"], "sim": asdict(sim), "every": every}
+    if not (dataset / "made_by.json").is_file() or json.loads((dataset / "made_by.json").read_text()) != made:
+        # The recording is about 1 GB per simulated minute: written, extracted, then deleted.
+        bag = work / f"sim_seed{sim.seed}_{sim.duration_s:g}s"
+        if bag.exists():
+            shutil.rmtree(bag)
+        write_bag(bag, sim)
+        extract_bags([bag], dataset, BagOptions(every=every), force=True, progress=False)
+        shutil.rmtree(bag)
+        write_atomic(dataset / "made_by.json", json.dumps(made))
     inputs = {"dataset": open_dataset(dataset).cache_key, "teacher": file_digest(teacher)}
     models = {"ceiling_ce": config_lib.with_method(config, "ce"), "ceiling_twin": config_lib.rgb_twin(config)}
     return {name: distilled(config_lib.replace(model, distill={"epochs": epochs}), dataset, teacher,
