@@ -24,6 +24,10 @@ class ConfigError(MmkdError):
     """A training config or override is unknown or has the wrong type or value."""
 
 
+class TrainingError(MmkdError):
+    """Training cannot go on: e.g. the loss stopped being a finite number."""
+
+
 class CheckpointError(MmkdError):
     """A checkpoint is unreadable, hostile, or does not match what it is used with."""
 

@@ -204,9 +204,11 @@ class DistillConfig:
                        non_negative=("w_ce", "w_adv", "w_kd", "w_feat", "w_hall", "gp_weight", "adv_warmup_epochs", "mixup_alpha"),
                        unit=("focus_momentum", "focus_start", "ce_start"))
         _check_integers("distill", self, d_steps=1, disc_hidden=1, disc_layers=1, projector_hidden=0)
-        if not (math.isfinite(self.focus_floor) and 0.0 <= self.focus_floor <= 1.0):
-            raise ConfigError(f"distill.focus_floor={self.focus_floor!r} is out of range; use a number in [0, 1] "
-                              "(1: no focusing)")
+        if not (math.isfinite(self.focus_floor) and 0.0 < self.focus_floor <= 1.0):
+            # At 0 every dimension starts with weight 0 (the student predicts nothing yet), so the
+            # feature and adversarial terms would never start.
+            raise ConfigError(f"distill.focus_floor={self.focus_floor!r} is out of range; use a number in (0, 1] "
+                              "(1: no focusing; at 0 the feature terms never start)")
         if self.mixup_alpha == 0 and self.mix != _MIX_DEFAULT:
             raise ConfigError(f"distill.mix={self.mix!r} has no effect while distill.mixup_alpha=0 (mixed pairs "
                               "off); set distill.mixup_alpha > 0 (e.g. 1.0) or drop distill.mix")

@@ -94,4 +94,4 @@ class FeatureFocus(nn.Module):
         """Weighted per-sample regression in standardised units: sum_d w_d (p_d - t_d)^2 / sum_d w_d, batch mean."""
         w = self.weights()  # [D]
         diff = self.standardise(projected) - self.standardise(teacher)  # [B, D]
-        return ((diff * diff) * w).sum(1).mean() / w.sum()
+        return ((diff * diff) * w).sum(1).mean() / w.sum().clamp_min(self.eps)  # all weights 0 (floor 0): loss 0

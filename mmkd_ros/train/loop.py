@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from mmkd_ros.core import artifact
 from mmkd_ros.core.atomic import atomic_path, remove_stale_temps, write_atomic
-from mmkd_ros.core.errors import CheckpointError, ConfigError, DatasetError
+from mmkd_ros.core.errors import CheckpointError, ConfigError, DatasetError, TrainingError
 from mmkd_ros.core.metrics import classification_metrics
 from mmkd_ros.core.provenance import code_version, numerics
 from mmkd_ros.train import config as config_lib
@@ -138,8 +138,14 @@ def fit(recipe: Recipe, train_loader: DataLoader, config: Config, epochs: int, o
         sums: dict[str, float] = {}
         bar = tqdm(train_loader, desc=f"{recipe.name} {epoch + 1}/{epochs}", leave=False, file=sys.stderr,
                    disable=not (runtime.is_main and sys.stderr.isatty()), mininterval=1.0)
-        for batch in bar:
+        for step, batch in enumerate(bar):
             values = recipe.step(batch)
+            if not math.isfinite(values["loss"]):
+                terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k.startswith("loss_"))
+                kept = f"; {out_dir / LAST_NAME} keeps epoch {epoch}" if epoch > 0 else ""
+                raise TrainingError(f"{recipe.name}: the loss became {values['loss']} at epoch {epoch + 1}, step "
+                                    f"{step + 1} ({terms}){kept}: lower the learning rate ({recipe.name.split('[')[0]}.lr) or the weight of the term "
+                                    "that is not finite")
             sums = {k: sums.get(k, 0.0) + v for k, v in values.items()}
             bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k in ("loss", "loss_adv", "d_real", "acc")})
         recipe.sync()

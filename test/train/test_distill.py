@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmkd_ros.core import artifact as ckpt_lib
-from mmkd_ros.core.errors import CheckpointError, ConfigError, ModelLoadError
+from mmkd_ros.core.errors import CheckpointError, ConfigError, ModelLoadError, TrainingError
 from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.losses import classification_loss, disc_loss, kd_loss, rank_agreement
 from mmkd_ros.models import build_from_checkpoint, build_model
@@ -362,3 +362,11 @@ def test_a_run_saved_before_the_focus_step_count_resumes():
     resumed = tiny_models("adv+kd+feat")
     resumed.load_state_dict(state)
     assert int(resumed.focus.steps) == 0 and torch.equal(resumed.focus.r2, saved.focus.r2)
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_with_one_clear_error(tiny_dataset, tiny_config, teacher_checkpoint,
+                                                                      tmp_path):
+    config = config_lib.replace(config_lib.with_method(tiny_config, "kd"), distill={"lr": 1e30, "warmup_epochs": 0})
+    with pytest.raises(TrainingError, match=r"distill.*the loss became (nan|inf) at epoch 1, step \d+ \(loss_ce="):
+        distill(config, tiny_dataset, teacher_checkpoint, tmp_path / "run")
+    assert not (tmp_path / "run" / "student.pt").exists()  # no checkpoint of a broken model

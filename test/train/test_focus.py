@@ -52,7 +52,16 @@ def test_unpredictable_dimension_loses_its_say():
     assert w[0] > 0.95 and w[1] < 0.15
 
 
-@pytest.mark.parametrize("override", ["distill.focus_floor=1.5", "distill.focus_momentum=1.0",
+def test_weights_all_zero_give_a_zero_regression_not_nan():
+    focus = FeatureFocus(2, floor=0.0)
+    teacher = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    focus.update(teacher, -teacher)  # the prediction explains nothing: r2 0, every weight 0
+    assert focus.weights().tolist() == [0.0, 0.0]
+    loss = focus.regression_loss(-teacher, teacher)
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("override", ["distill.focus_floor=1.5", "distill.focus_floor=0", "distill.focus_momentum=1.0",
                                       "distill.adv_warmup_epochs=-1", "distill.d_steps=0",
                                       "distill.focus_start=1.0", "distill.focus_start=-0.1"])
 def test_bad_focus_settings_are_config_errors(override):
