@@ -45,9 +45,10 @@ from mmkd_ros.core.atomic import write_atomic
 from mmkd_ros.core.provenance import code_version, made_by
 from mmkd_ros.train.loop import claim_run, file_digest, finish_run, run_identity
 from mmkd_ros.train.teacher import train_teacher
-from bench.report_section import replace_section  # noqa: E402
+from bench.report_section import bar_chart, replace_section  # noqa: E402
 
 TITLE = "Distillation methods at an equal budget (synthetic demo bag)"
+CHART = REPO / "bench" / "figures" / "distill_synthetic.png"
 METHODS = tuple(config_lib.METHODS)
 
 
@@ -252,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
         f"Student size: {params_ratio:.3f} of the teacher's parameters and {flops_ratio:.3f} of its FLOPs "
         f"({'within' if within else 'NOT within'} the 1/5 budget).",
     ])
+    if not args.no_write:
+        bar_chart({n: v["val_accuracy"] for n, v in summary["models"].items()},
+                  f"synthetic bag: validation accuracy, {len(args.seeds)} seeds", "validation accuracy", CHART)
+        body += f"\nChart (validation accuracy, mean ± std over seeds): `{CHART.relative_to(REPO)}`."
     print(body)
     (args.work / "summary.json").write_text(json.dumps({"summary": summary, "ratios": ratios, "wall_s": wall}, indent=2))
     if not args.no_write:

@@ -239,31 +239,6 @@ def summarise(reports: list[dict], names: list[str]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
-def bar_chart(summary: dict, names: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 3.6), dpi=120)
-    means = [statistics.mean(summary[n]["macro_f1"]) * 100 for n in names]
-    stds = [statistics.stdev(summary[n]["macro_f1"]) * 100 if len(summary[n]["macro_f1"]) > 1 else 0 for n in names]
-    colours = ["#4c72b0" if n == "teacher" else "#999999" if n in ("ce", "twin") else
-               "#dd8452" if "-labelled" in n else "#55a868" for n in names]
-    ax.bar(range(len(names)), means, yerr=stds, color=colours, capsize=3)
-    ax.axhline(means[names.index("ce")], color="#999999", lw=0.8, ls="--")
-    ax.axhline(means[names.index("teacher")], color="#4c72b0", lw=0.8, ls="--")
-    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("validation macro-F1 (%)")
-    low = min(m - s for m, s in zip(means, stds))
-    ax.set_ylim(max(0, low - 5), min(100, max(m + s for m, s in zip(means, stds)) + 3))
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
-
-
 def study_configs(overrides: list[str], shared: list[str], variant: bool
                   ) -> tuple[config_lib.Config, config_lib.Config]:
     """(config of teacher, twin and ce; config of the distilled students).
@@ -366,8 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     ordered_reports = [reports[s] for s in args.seeds]
     table, summary = summarise(ordered_reports, names)
     figure = REPO / "bench" / "figures" / f"realdata_{args.name}{report_tag}.png"
-    bar_chart(summary, names, f"{args.name}{report_tag}: validation macro-F1, {len(args.seeds)} seeds "
-              f"(green: with unlabelled frames, orange: labelled only)", figure)
+    bar_chart({n: [100 * v for v in summary[n]["macro_f1"]] for n in names},
+              f"{args.name}{report_tag}: validation macro-F1, {len(args.seeds)} seeds "
+              f"(green: with unlabelled frames, orange: labelled only)", "validation macro-F1 (%)", figure)
     wall = time.perf_counter() - start
     write_atomic(work / f"summary{report_tag}.json", json.dumps({"summary": summary, "frames": frames,
                                                                "wall_s": wall}, indent=2))

@@ -64,3 +64,13 @@ def test_bench_demo_table_pairs_validation_by_seed() -> None:
     rows, verdict = bench_demo.share_table(cells)
     assert verdict["val_difference"].startswith("0.015 ± 0.049 (1 of 2 seeds above)")
     assert rows[2].startswith("| student `kd` | RGB | 0.625 ± 0.106 |") and rows[2].endswith("| 0.715 ± 0.049 |")
+
+
+def test_bar_chart_draws_every_model_into_one_png(tmp_path) -> None:
+    from bench.report_section import bar_chart
+
+    path = tmp_path / "chart.png"
+    bar_chart({"teacher": [1.0, 1.0], "ce": [0.6, 0.7], "kd": [0.8, 0.7], "ceiling_twin": [0.9]}, "title",
+              "validation accuracy", path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temp file left beside it
