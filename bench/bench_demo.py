@@ -64,8 +64,6 @@ def run_cell(config: config_lib.Config, drives: Drives, work: Path) -> dict:
     return json.loads(record.read_text())
 
 
-
-
 def run_ceiling(config: config_lib.Config, seed: int, scale: float, epochs: int, teacher: Path,
                 work: Path) -> dict:
     """The RGB ceiling of a seed: RGB-only models trained on ``scale`` times the training drive,

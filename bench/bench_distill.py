@@ -37,16 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mmkd_ros.train import config as config_lib
-from mmkd_ros.data.dataset import open_dataset
 from mmkd_ros.data.extract import BagOptions, extract_bags
 from mmkd_ros.sim.synthetic import SyntheticConfig, write_bag
 from mmkd_ros.tools.evaluate import evaluate, kept_validation
-from mmkd_ros.train.distill import distill
 from mmkd_ros.core.atomic import write_atomic
 from mmkd_ros.core.provenance import code_version, made_by
-from mmkd_ros.train.loop import claim_run, file_digest, finish_run, run_identity
-from mmkd_ros.train.teacher import train_teacher
 from bench.report_section import bar_chart, replace_section  # noqa: E402
+from bench.runs import distilled, trained_teacher  # noqa: E402
 
 TITLE = "Distillation methods at an equal budget (synthetic demo bag)"
 CHART = REPO / "bench" / "figures" / "distill_synthetic.png"
@@ -62,13 +59,11 @@ def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple
     teacher, the checkpoints of the seed's RGB ceiling (:func:`run_ceiling`), scored here on this
     dataset's test and validation scenes.
     """
-    key = open_dataset(dataset).cache_key
     teacher = trained_teacher(config, dataset, out / "teacher", reuse)
     checkpoints = {"teacher": teacher}
-    inputs = {"dataset": key, "teacher": file_digest(teacher)}
     runs = {"twin": config_lib.rgb_twin(config), **{m: config_lib.with_method(config, m) for m in methods}}
     for name, run_config in runs.items():
-        checkpoints[name] = distilled(run_config, dataset, teacher, out / name, inputs, reuse)
+        checkpoints[name] = distilled(run_config, dataset, teacher, out / name, reuse)
     ceilings = ceiling(teacher) if ceiling else {}
     report = evaluate({**checkpoints, **ceilings}, dataset, out / "eval", split="test", latency_runs=30)
     report["validation"] = {name: kept_validation(path) for name, path in checkpoints.items()}
@@ -77,27 +72,6 @@ def run_seed(config: config_lib.Config, dataset: Path, out: Path, methods: tuple
         report["validation"].update({name: {m: scored["models"][name][m] for m in ("accuracy", "macro_f1")}
                                      for name in ceilings})
     return report
-
-
-def trained_teacher(config: config_lib.Config, dataset: Path, out: Path, reuse: bool) -> Path:
-    """The teacher of ``dataset`` in ``out``: reused, resumed or trained."""
-    state = claim_run(out, run_identity(config_lib.to_dict(config), {"dataset": open_dataset(dataset).cache_key}),
-                      reuse)
-    if state == "reuse":
-        return out / "teacher.pt"
-    teacher = train_teacher(config, dataset, out, resume=state == "resume")
-    finish_run(out)
-    return teacher
-
-
-def distilled(config: config_lib.Config, dataset: Path, teacher: Path, out: Path, inputs: dict, reuse: bool) -> Path:
-    """A student (or ``ce``/``twin``) in ``out``: reused, resumed or trained."""
-    state = claim_run(out, run_identity(config_lib.to_dict(config), inputs), reuse)
-    if state == "reuse":
-        return out / "student.pt"
-    student = distill(config, dataset, teacher, out, resume=state == "resume")
-    finish_run(out)
-    return student
 
 
 #: The ceiling's recordings use simulator seeds CEILING_SEED + s: scenes no seed's study drive holds.
@@ -120,10 +94,9 @@ def run_ceiling(config: config_lib.Config, seed: int, duration: float, every: in
         extract_bags([bag], dataset, BagOptions(every=every), force=True, progress=False)
         shutil.rmtree(bag)
         write_atomic(dataset / "made_by.json", json.dumps(made))
-    inputs = {"dataset": open_dataset(dataset).cache_key, "teacher": file_digest(teacher)}
     models = {"ceiling_ce": config_lib.with_method(config, "ce"), "ceiling_twin": config_lib.rgb_twin(config)}
     return {name: distilled(config_lib.replace(model, distill={"epochs": epochs}), dataset, teacher,
-                            work / f"seed{seed}" / name, inputs, reuse)
+                            work / f"seed{seed}" / name, reuse)
             for name, model in models.items()}
 
 

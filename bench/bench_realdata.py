@@ -37,6 +37,7 @@ from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.* when run as a script
 
 from mmkd_ros.train import config as config_lib
 from mmkd_ros.core.atomic import atomic_path, write_atomic
@@ -45,6 +46,8 @@ from mmkd_ros.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from mmkd_ros.data.splits import read_bag_splits
 from mmkd_ros.core.errors import DatasetError, run_cli
 from mmkd_ros.core.provenance import made_by
+from bench.report_section import bar_chart, replace_section  # noqa: E402
+from bench.runs import distilled, trained_teacher  # noqa: E402
 
 STUDENTS = ("kd", "feat_l2", "adv", "adv+kd", "adv+kd+feat", "adv_task", "adv_task+kd+feat", "kd+hall",
             "adv+kd+feat+hall")  # with a teacher term
@@ -78,40 +81,14 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def dataset_key(dataset: str) -> str:
-    from mmkd_ros.data.dataset import open_dataset
-
-    return open_dataset(dataset).cache_key
-
-
 def train_teacher_job(config_tree: dict, dataset: str, out: str) -> str:
-    """The teacher of a seed; reused only when ``run.json`` records this code, config and dataset."""
-    from mmkd_ros.train.loop import claim_run, finish_run, run_identity
-    from mmkd_ros.train.teacher import train_teacher
-
-    run = Path(out)
-    state = claim_run(run, run_identity(config_tree, {"dataset": dataset_key(dataset)}))
-    if state == "reuse":
-        return str(run / "teacher.pt")
-    path = train_teacher(config_lib.from_dict(config_tree), dataset, out, resume=state == "resume")
-    finish_run(run)
-    return str(path)
+    """The teacher of a seed (:func:`bench.runs.trained_teacher`, in a worker process)."""
+    return str(trained_teacher(config_lib.from_dict(config_tree), dataset, out))
 
 
 def distill_job(config_tree: dict, dataset: str, teacher: str, out: str) -> str:
-    """A student (or ``ce``/``twin``); reused only when ``run.json`` records this code, config, dataset
-    and teacher file."""
-    from mmkd_ros.train.distill import distill
-    from mmkd_ros.train.loop import claim_run, file_digest, finish_run, run_identity
-
-    run = Path(out)
-    inputs = {"dataset": dataset_key(dataset), "teacher": file_digest(teacher)}
-    state = claim_run(run, run_identity(config_tree, inputs))
-    if state == "reuse":
-        return str(run / "student.pt")
-    path = distill(config_lib.from_dict(config_tree), dataset, teacher, out, resume=state == "resume")
-    finish_run(run)
-    return str(path)
+    """A student, ``ce`` or ``twin`` (:func:`bench.runs.distilled`, in a worker process)."""
+    return str(distilled(config_lib.from_dict(config_tree), dataset, teacher, out))
 
 
 def evaluate_job(checkpoints: dict[str, str], dataset: str, out: str) -> dict:
@@ -275,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all-frames-only", action="store_true",
                         help="skip the students trained on labelled frames only (the ablation of unlabelled frames)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each")
-    parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md or the chart")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -341,9 +318,10 @@ def main(argv: list[str] | None = None) -> None:
     ordered_reports = [reports[s] for s in args.seeds]
     table, summary = summarise(ordered_reports, names)
     figure = REPO / "bench" / "figures" / f"realdata_{args.name}{report_tag}.png"
-    bar_chart({n: [100 * v for v in summary[n]["macro_f1"]] for n in names},
-              f"{args.name}{report_tag}: validation macro-F1, {len(args.seeds)} seeds "
-              f"(green: with unlabelled frames, orange: labelled only)", "validation macro-F1 (%)", figure)
+    if not args.no_write:  # a look at other settings leaves the committed chart alone
+        bar_chart({n: [100 * v for v in summary[n]["macro_f1"]] for n in names},
+                  f"{args.name}{report_tag}: validation macro-F1, {len(args.seeds)} seeds "
+                  f"(green: with unlabelled frames, orange: labelled only)", "validation macro-F1 (%)", figure)
     wall = time.perf_counter() - start
     write_atomic(work / f"summary{report_tag}.json", json.dumps({"summary": summary, "frames": frames,
                                                                "wall_s": wall}, indent=2))
@@ -377,8 +355,6 @@ def main(argv: list[str] | None = None) -> None:
     ])
     print(body)
     if not args.no_write:
-        from report_section import replace_section
-
         replace_section(f"Real data: {args.name}{report_tag} method study", body)
 
 

@@ -143,9 +143,10 @@ def fit(recipe: Recipe, train_loader: DataLoader, config: Config, epochs: int, o
             if not math.isfinite(values["loss"]):
                 terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k.startswith("loss_"))
                 kept = f"; {out_dir / LAST_NAME} keeps epoch {epoch}" if epoch > 0 else ""
+                stage = recipe.name.split("[")[0]  # "teacher" or "distill[method]": the config section
                 raise TrainingError(f"{recipe.name}: the loss became {values['loss']} at epoch {epoch + 1}, step "
-                                    f"{step + 1} ({terms}){kept}: lower the learning rate ({recipe.name.split('[')[0]}.lr) or the weight of the term "
-                                    "that is not finite")
+                                    f"{step + 1} ({terms}){kept}: lower the learning rate ({stage}.lr) or the "
+                                    "weight of the term that is not finite")
             sums = {k: sums.get(k, 0.0) + v for k, v in values.items()}
             bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k in ("loss", "loss_adv", "d_real", "acc")})
         recipe.sync()
