@@ -85,6 +85,9 @@ class DataConfig:
     # Distillation also learns from training pairs without a label (teacher terms only, no CE);
     # false drops them. The teacher and the ``ce`` baseline never see them (nothing to learn).
     unlabelled: bool = True
+    # The most of the training draws that pairs without a label may take when they are most of the
+    # data (a robot's drive): the rest go to labelled pairs, which alone carry the cross-entropy.
+    max_unlabelled_share: float = 0.5
     val_fraction: float = 0.15  # used when the manifest has no split column
     test_fraction: float = 0.15
 
@@ -92,7 +95,10 @@ class DataConfig:
         _check_integers("data", self, batch_size=1, num_workers=0)
         if min(self.input_size) < 8:
             raise ConfigError(f"data.input_size={list(self.input_size)} is too small; use at least [8, 8]")
-        _check_numbers("data", self, unit=("val_fraction", "test_fraction"))
+        _check_numbers("data", self, unit=("val_fraction", "test_fraction", "max_unlabelled_share"))
+        if self.max_unlabelled_share == 0:
+            raise ConfigError("data.max_unlabelled_share=0 would never draw a pair without a label; to train "
+                              "on labelled pairs only set data.unlabelled=false, else use a share in (0, 1)")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} + data.test_fraction={self.test_fraction} "
                               "leave no training pairs; their sum must be < 1")

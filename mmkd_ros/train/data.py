@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mmkd_ros.core.errors import DatasetError
 from mmkd_ros.data.dataset import (
-    MAX_UNLABELLED_SHARE, DatasetInfo, EpochSampler, PairDataset, compute_normalization, open_dataset,
+    DatasetInfo, EpochSampler, PairDataset, compute_normalization, open_dataset,
 )
 from mmkd_ros.train.config import Config
 from mmkd_ros.train.distributed import Runtime
@@ -56,10 +56,11 @@ def prepare_data(config: Config, data_dir: str | Path, input_size: Sequence[int]
 def make_train_loader(dataset: PairDataset, config: Config, num_classes: int, runtime: Runtime) -> DataLoader:
     """Shuffled loader whose order depends only on (seed, epoch, rank): ``--resume`` replays it exactly."""
     unlabelled_share = float((dataset.labels < 0).float().mean()) if len(dataset) else 0.0
-    if config.data.class_balanced or unlabelled_share > MAX_UNLABELLED_SHARE:
-        # Weighted draws: balanced classes, and/or unlabelled pairs capped at MAX_UNLABELLED_SHARE.
+    cap = config.data.max_unlabelled_share
+    if config.data.class_balanced or unlabelled_share > cap:
+        # Weighted draws: balanced classes, and/or unlabelled pairs capped at data.max_unlabelled_share.
         sampler: Any = EpochSampler(dataset.labels, num_classes, config.seed, runtime.rank, runtime.world_size,
-                                    balanced=config.data.class_balanced)
+                                    max_unlabelled_share=cap, balanced=config.data.class_balanced)
     else:
         sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True,
                                      seed=config.seed)

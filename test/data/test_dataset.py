@@ -152,3 +152,26 @@ def test_sampler_caps_unlabelled_pairs_and_balances_classes(balanced):
     few = EpochSampler(torch.tensor([0] * 45 + [1] * 45 + [-1] * 10), 2, seed=0)
     share = (torch.tensor([0] * 45 + [1] * 45 + [-1] * 10)[torch.tensor(list(few))] < 0).float().mean().item()
     assert share == pytest.approx(0.1, abs=0.07)  # below the cap: their natural share
+
+
+@pytest.mark.parametrize("cap", [0.5, 0.75])
+def test_train_loader_caps_unlabelled_draws_at_the_configured_share(cap):
+    from mmkd_ros.train import config as config_lib
+    from mmkd_ros.train.data import make_train_loader
+    from mmkd_ros.train.distributed import Runtime
+
+    class Labels(torch.utils.data.Dataset):
+        # 90 % unlabelled: the cap, not the data, sets their share of the draws.
+        labels = torch.tensor([0] * 50 + [1] * 50 + [-1] * 900)
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, index):
+            return self.labels[index]
+
+    config = config_lib.load(None, [f"data.max_unlabelled_share={cap}"])
+    with Runtime.start("cpu") as runtime:
+        loader = make_train_loader(Labels(), config, 2, runtime)
+    drawn = torch.cat(list(loader))
+    assert (drawn < 0).float().mean().item() == pytest.approx(cap, abs=0.04)
