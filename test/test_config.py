@@ -72,6 +72,7 @@ def test_overrides_apply_after_the_file(tmp_path):
     ("data.val_fraction=.nan", "data.val_fraction=nan is out of range; use a number in [0, 1)"),
     ("data.max_unlabelled_share=1", "data.max_unlabelled_share=1.0 is out of range; use a number in [0, 1)"),
     ("data.max_unlabelled_share=0", "data.max_unlabelled_share=0 would never draw a pair without a label"),
+    ("data.trusted_unlabelled_share=0.4", "data.trusted_unlabelled_share=0.4 is below data.max_unlabelled_share=0.5"),
     ("distill.lr=nan", "distill.lr=nan is out of range; use a finite number > 0"),
     ("teacher.fuse_at=4", "teacher.fuse_at=4 is out of range; use 1, 2 or 3"),
 ])

@@ -88,6 +88,10 @@ class DataConfig:
     # The most of the training draws that pairs without a label may take when they are most of the
     # data (a robot's drive): the rest go to labelled pairs, which alone carry the cross-entropy.
     max_unlabelled_share: float = 0.5
+    # Distillation raises that cap to this share where the teacher is as sure of the unlabelled
+    # pairs as of validation pairs (mmkd_ros.train.data.unlabelled_cap); equal to
+    # max_unlabelled_share: no rule.
+    trusted_unlabelled_share: float = 0.75
     val_fraction: float = 0.15  # used when the manifest has no split column
     test_fraction: float = 0.15
 
@@ -95,7 +99,12 @@ class DataConfig:
         _check_integers("data", self, batch_size=1, num_workers=0)
         if min(self.input_size) < 8:
             raise ConfigError(f"data.input_size={list(self.input_size)} is too small; use at least [8, 8]")
-        _check_numbers("data", self, unit=("val_fraction", "test_fraction", "max_unlabelled_share"))
+        _check_numbers("data", self, unit=("val_fraction", "test_fraction", "max_unlabelled_share",
+                                           "trusted_unlabelled_share"))
+        if self.trusted_unlabelled_share < self.max_unlabelled_share:
+            raise ConfigError(f"data.trusted_unlabelled_share={self.trusted_unlabelled_share} is below "
+                              f"data.max_unlabelled_share={self.max_unlabelled_share}; set it at or above "
+                              "(equal: unlabelled pairs always capped at data.max_unlabelled_share)")
         if self.max_unlabelled_share == 0:
             raise ConfigError("data.max_unlabelled_share=0 would never draw a pair without a label; to train "
                               "on labelled pairs only set data.unlabelled=false, else use a share in (0, 1)")

@@ -53,10 +53,59 @@ def prepare_data(config: Config, data_dir: str | Path, input_size: Sequence[int]
     return DataBundle(info, normalization, size, train, val)  # type: ignore[arg-type]
 
 
-def make_train_loader(dataset: PairDataset, config: Config, num_classes: int, runtime: Runtime) -> DataLoader:
-    """Shuffled loader whose order depends only on (seed, epoch, rank): ``--resume`` replays it exactly."""
+#: The teacher is "as sure" of the unlabelled pairs as of validation pairs when its mean top
+#: probability on them is at least this share of its mean on the validation pairs.
+TRUST_RATIO = 0.95
+
+
+@dataclass
+class UnlabelledCap:
+    """What :func:`unlabelled_cap` decided, with the figures it decided on (kept in the checkpoint)."""
+
+    share: float  # the cap on the unlabelled pairs' share of the draws
+    confidence_unlabelled: float  # the teacher's mean top probability on them
+    confidence_val: float  # ... on the labelled validation pairs
+
+    def describe(self) -> str:
+        ratio = self.confidence_unlabelled / max(self.confidence_val, 1e-12)
+        verdict = ">=" if ratio >= TRUST_RATIO else "<"
+        return (f"unlabelled pairs: the teacher's mean confidence {self.confidence_unlabelled:.3f} against "
+                f"{self.confidence_val:.3f} on validation (ratio {ratio:.2f} {verdict} {TRUST_RATIO}): they take "
+                f"at most {self.share:.0%} of the draws")
+
+
+def unlabelled_cap(teacher: nn.Module, data: DataBundle, config: Config, batch_size: int,
+                   device: str) -> UnlabelledCap | None:
+    """The share of the draws unlabelled pairs may take, picked from the data before distilling.
+
+    Where the teacher is about as sure of the unlabelled training pairs as of the validation pairs
+    (frames like the labelled ones, whose labels nobody recorded), its answers on them are worth
+    as much as its answers anywhere, and they may take up to ``data.trusted_unlabelled_share`` of
+    the draws; where it is less sure (frames unlike the labelled ones: class boundaries, ground
+    nobody annotated), ``data.max_unlabelled_share``. ``None`` where no training pair lacks a label
+    or the two caps are equal (nothing to decide).
+    """
+    low, high = config.data.max_unlabelled_share, config.data.trusted_unlabelled_share
+    unlabelled = data.train.labels < 0  # [N]
+    if high <= low or not bool(unlabelled.any()):
+        return None
+    plain = PairDataset(data.info, "train", data.input_size, data.normalization)  # no augmentation
+    logits, labels = predict_logits(teacher, make_eval_loader(plain, batch_size), ("rgb", "nir"), device)
+    val_logits, val_labels = predict_logits(teacher, make_eval_loader(data.val, batch_size), ("rgb", "nir"), device)
+    confidence = logits.softmax(1).max(1).values[labels < 0].mean().item()
+    val_confidence = val_logits.softmax(1).max(1).values[val_labels >= 0].mean().item()
+    trusted = confidence >= TRUST_RATIO * val_confidence
+    return UnlabelledCap(high if trusted else low, confidence, val_confidence)
+
+
+def make_train_loader(dataset: PairDataset, config: Config, num_classes: int, runtime: Runtime,
+                      max_unlabelled_share: float | None = None) -> DataLoader:
+    """Shuffled loader whose order depends only on (seed, epoch, rank): ``--resume`` replays it exactly.
+
+    ``max_unlabelled_share``: the cap on unlabelled draws (default ``data.max_unlabelled_share``).
+    """
     unlabelled_share = float((dataset.labels < 0).float().mean()) if len(dataset) else 0.0
-    cap = config.data.max_unlabelled_share
+    cap = config.data.max_unlabelled_share if max_unlabelled_share is None else max_unlabelled_share
     if config.data.class_balanced or unlabelled_share > cap:
         # Weighted draws: balanced classes, and/or unlabelled pairs capped at data.max_unlabelled_share.
         sampler: Any = EpochSampler(dataset.labels, num_classes, config.seed, runtime.rank, runtime.world_size,

@@ -16,7 +16,9 @@ Training pairs without a label (``-1``) feed every teacher term; cross-entropy s
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from mmkd_ros.core.device import resolve_device
 from mmkd_ros.core.errors import CheckpointError, ConfigError, quiet_native_logs
 from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train.config import Config, DistillConfig
-from mmkd_ros.train.data import make_eval_loader, make_train_loader, prepare_data
+from mmkd_ros.train.data import make_eval_loader, make_train_loader, prepare_data, unlabelled_cap
 from mmkd_ros.train.distributed import Runtime
 from mmkd_ros.train.loop import (
     RecipeBase, check_validation_split, cosine_schedule, fit, load_resume_state, resumed_config, seed_everything,
@@ -114,6 +116,7 @@ class DistillRecipe(RecipeBase):
     """Teacher (frozen), student (+ projector), the method's objective terms, optimiser and schedule."""
 
     role = "student"
+    unlabelled_cap: dict[str, float] | None = None  # what data.unlabelled_cap decided, kept with the checkpoint
 
     def __init__(self, config: Config, runtime: Runtime, val_loader: DataLoader | None, describe: dict[str, Any],
                  teacher: nn.Module, teacher_path: str, steps_per_epoch: int) -> None:
@@ -210,7 +213,8 @@ class DistillRecipe(RecipeBase):
             term.load_state_dict(state["terms"][term.name])
 
     def checkpoint_metrics(self) -> dict[str, Any]:
-        return {"method": self.config.distill.method, "teacher": self.teacher_path}
+        return {"method": self.config.distill.method, "teacher": self.teacher_path,
+                "unlabelled_cap": self.unlabelled_cap}
 
 
 def mix_pairs(rgb: torch.Tensor, nir: torch.Tensor, labels: torch.Tensor,
@@ -284,10 +288,15 @@ def distill(config: Config, data_dir: str | Path, teacher_path: str | Path, out_
                             unlabelled=uses_unlabelled(config))
         classes, channels = data.info.classes, data.info.channels
         artifact.check_compatible(teacher_ckpt, classes, channels, teacher_path)
-        train_loader = make_train_loader(data.train, config, len(classes), runtime)
+        cap = unlabelled_cap(teacher, data, config, config.data.batch_size, runtime.device)
+        if cap is not None and runtime.is_main:
+            print(cap.describe(), file=sys.stderr)
+        train_loader = make_train_loader(data.train, config, len(classes), runtime,
+                                         cap.share if cap is not None else None)
         describe = {"arch": config.student.arch, "arch_args": student_arch_args(config, len(classes), channels["rgb"]),
                     "classes": classes, "modalities": ["rgb"], "channels": channels, "input_size": data.input_size,
                     "normalization": data.normalization}
         recipe = DistillRecipe(config, runtime, make_eval_loader(data.val, config.data.batch_size), describe,
                                teacher, str(teacher_path), len(train_loader))
+        recipe.unlabelled_cap = dataclasses.asdict(cap) if cap is not None else None
         return fit(recipe, train_loader, config, config.distill.epochs, out_dir, BEST_NAME, runtime, state, stop_after)

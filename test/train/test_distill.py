@@ -1,17 +1,22 @@
 """The method on a tiny dataset: gradient routing, golden losses, exact resume, refused checkpoints."""
 import copy
+import csv
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from mmkd_ros.core import artifact as ckpt_lib
 from mmkd_ros.core.errors import CheckpointError, ConfigError, ModelLoadError, TrainingError
+from mmkd_ros.data.dataset import PairDataset
+from mmkd_ros.data.image_files import write_png
 from mmkd_ros.deploy.classifier import Classifier
 from mmkd_ros.losses import classification_loss, disc_loss, kd_loss, rank_agreement
 from mmkd_ros.models import build_from_checkpoint, build_model
 from mmkd_ros.train import config as config_lib
-from mmkd_ros.train.distill import DistillRecipe, distill, hint_layer, mix_pairs
+from mmkd_ros.train.data import TRUST_RATIO, make_eval_loader, predict_logits, prepare_data, unlabelled_cap
+from mmkd_ros.train.distill import DistillRecipe, distill, hint_layer, load_teacher, mix_pairs
 from mmkd_ros.train.distributed import Runtime
 from mmkd_ros.train.objectives import (
     Adversarial, CrossEntropy, StepTensors, adv_ramp, build_objectives, task_classes,
@@ -31,6 +36,13 @@ GOLDEN_ADV = [{"train_loss": 1.3455, "train_loss_ce": 1.0547, "train_loss_disc":
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tiny_dataset, tiny_config, tmp_path_factory):
     return train_teacher(tiny_config, tiny_dataset, tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="module")
+def sure_teacher(tiny_dataset, tiny_config, tmp_path_factory):
+    """A teacher trained long enough to be sure of the classes it knows."""
+    config = config_lib.replace(tiny_config, teacher={"epochs": 12})
+    return train_teacher(config, tiny_dataset, tmp_path_factory.mktemp("sure_teacher"))
 
 
 def tiny_models(method: str, w_ce: float = 1.0, condition: str = "teacher_probs") -> DistillRecipe:
@@ -258,6 +270,39 @@ def test_golden_losses(teacher_checkpoint, tiny_dataset, tiny_config, tmp_path):
     checkpoint = ckpt_lib.load_checkpoint(student, role="student")
     assert checkpoint["modalities"] == ["rgb"] and checkpoint["metrics"]["method"] == "adv"
     assert (tmp_path / "adv" / "metrics.csv").is_file() and (tmp_path / "adv" / "config.yaml").is_file()
+    cap = checkpoint["metrics"]["unlabelled_cap"]  # what the rule decided, kept with the model
+    trusted = cap["confidence_unlabelled"] >= TRUST_RATIO * cap["confidence_val"]
+    assert cap["share"] == (0.75 if trusted else 0.5)
+
+
+@pytest.mark.parametrize("unlike", [False, True])
+def test_unlabelled_pairs_take_more_draws_only_where_the_teacher_is_as_sure_of_them(
+        sure_teacher, tiny_config, tmp_path, unlike):
+    # Half the training frames lose their label (a drive whose labels nobody recorded); with
+    # ``unlike`` their NIR also lies between two classes (frames unlike every labelled one).
+    pairs = write_tiny_pairs(tmp_path / "pairs", unlabelled=0, split=True, seed=1)
+    rows = list(csv.DictReader((pairs / "manifest.csv").open()))
+    for row in [r for r in rows if r["split"] == "train"][::2]:
+        row["label"] = ""
+        if unlike:
+            write_png(pairs / row["nir"], np.full((24, 24), int(0.35 * 65535), np.uint16))
+    with (pairs / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    teacher, checkpoint = load_teacher(sure_teacher, "cpu")
+    data = prepare_data(tiny_config, pairs, checkpoint["input_size"], checkpoint["normalization"])
+    cap = unlabelled_cap(teacher, data, tiny_config, 8, "cpu")
+
+    plain = PairDataset(data.info, "train", data.input_size, data.normalization)
+    logits, labels = predict_logits(teacher, make_eval_loader(plain, 8), ("rgb", "nir"), "cpu")
+    val_logits, val_labels = predict_logits(teacher, make_eval_loader(data.val, 8), ("rgb", "nir"), "cpu")
+    assert cap.confidence_unlabelled == pytest.approx(logits.softmax(1).max(1).values[labels < 0].mean().item())
+    assert cap.confidence_val == pytest.approx(val_logits.softmax(1).max(1).values[val_labels >= 0].mean().item())
+    assert cap.share == (0.5 if unlike else 0.75)
+    assert ("<" if unlike else ">=") in cap.describe()
+    fixed = config_lib.replace(tiny_config, data={"trusted_unlabelled_share": 0.5})  # equal caps: no rule
+    assert unlabelled_cap(teacher, data, fixed, 8, "cpu") is None
 
 
 @pytest.mark.parametrize("method", ["adv", "kd", "adv+kd+feat", "kd+hall"])
