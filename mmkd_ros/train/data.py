@@ -74,8 +74,7 @@ class UnlabelledCap:
                 f"at most {self.share:.0%} of the draws")
 
 
-def unlabelled_cap(teacher: nn.Module, data: DataBundle, config: Config, batch_size: int,
-                   device: str) -> UnlabelledCap | None:
+def unlabelled_cap(teacher: nn.Module, data: DataBundle, config: Config, device: str) -> UnlabelledCap | None:
     """The share of the draws unlabelled pairs may take, picked from the data before distilling.
 
     Where the teacher is about as sure of the unlabelled training pairs as of the validation pairs
@@ -89,9 +88,10 @@ def unlabelled_cap(teacher: nn.Module, data: DataBundle, config: Config, batch_s
     unlabelled = data.train.labels < 0  # [N]
     if high <= low or not bool(unlabelled.any()):
         return None
-    plain = PairDataset(data.info, "train", data.input_size, data.normalization)  # no augmentation
-    logits, labels = predict_logits(teacher, make_eval_loader(plain, batch_size), ("rgb", "nir"), device)
-    val_logits, val_labels = predict_logits(teacher, make_eval_loader(data.val, batch_size), ("rgb", "nir"), device)
+    batch = config.data.batch_size
+    plain = PairDataset(data.info, "train", data.input_size, data.normalization)  # no augmentation (images cached)
+    logits, labels = predict_logits(teacher, make_eval_loader(plain, batch), ("rgb", "nir"), device)
+    val_logits, val_labels = predict_logits(teacher, make_eval_loader(data.val, batch), ("rgb", "nir"), device)
     confidence = logits.softmax(1).max(1).values[labels < 0].mean().item()
     val_confidence = val_logits.softmax(1).max(1).values[val_labels >= 0].mean().item()
     trusted = confidence >= TRUST_RATIO * val_confidence

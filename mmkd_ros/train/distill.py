@@ -116,13 +116,14 @@ class DistillRecipe(RecipeBase):
     """Teacher (frozen), student (+ projector), the method's objective terms, optimiser and schedule."""
 
     role = "student"
-    unlabelled_cap: dict[str, float] | None = None  # what data.unlabelled_cap decided, kept with the checkpoint
 
     def __init__(self, config: Config, runtime: Runtime, val_loader: DataLoader | None, describe: dict[str, Any],
-                 teacher: nn.Module, teacher_path: str, steps_per_epoch: int) -> None:
+                 teacher: nn.Module, teacher_path: str, steps_per_epoch: int,
+                 unlabelled_cap: dict[str, float] | None = None) -> None:
         super().__init__(config, runtime, val_loader, describe)
         cfg = config.distill
         self.teacher, self.teacher_path = teacher, teacher_path
+        self.unlabelled_cap = unlabelled_cap  # what data.unlabelled_cap decided, kept with the checkpoint
         self.name = f"distill[{cfg.method}]"
         arch_args = describe["arch_args"]
         self.model = build_model(config.student.arch, **arch_args)  # the student: what is saved and deployed
@@ -288,7 +289,7 @@ def distill(config: Config, data_dir: str | Path, teacher_path: str | Path, out_
                             unlabelled=uses_unlabelled(config))
         classes, channels = data.info.classes, data.info.channels
         artifact.check_compatible(teacher_ckpt, classes, channels, teacher_path)
-        cap = unlabelled_cap(teacher, data, config, config.data.batch_size, runtime.device)
+        cap = unlabelled_cap(teacher, data, config, runtime.device)
         if cap is not None and runtime.is_main:
             print(cap.describe(), file=sys.stderr)
         train_loader = make_train_loader(data.train, config, len(classes), runtime,
@@ -297,6 +298,6 @@ def distill(config: Config, data_dir: str | Path, teacher_path: str | Path, out_
                     "classes": classes, "modalities": ["rgb"], "channels": channels, "input_size": data.input_size,
                     "normalization": data.normalization}
         recipe = DistillRecipe(config, runtime, make_eval_loader(data.val, config.data.batch_size), describe,
-                               teacher, str(teacher_path), len(train_loader))
-        recipe.unlabelled_cap = dataclasses.asdict(cap) if cap is not None else None
+                               teacher, str(teacher_path), len(train_loader),
+                               dataclasses.asdict(cap) if cap is not None else None)
         return fit(recipe, train_loader, config, config.distill.epochs, out_dir, BEST_NAME, runtime, state, stop_after)

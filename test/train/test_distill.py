@@ -292,7 +292,7 @@ def test_unlabelled_pairs_take_more_draws_only_where_the_teacher_is_as_sure_of_t
         writer.writerows(rows)
     teacher, checkpoint = load_teacher(sure_teacher, "cpu")
     data = prepare_data(tiny_config, pairs, checkpoint["input_size"], checkpoint["normalization"])
-    cap = unlabelled_cap(teacher, data, tiny_config, 8, "cpu")
+    cap = unlabelled_cap(teacher, data, tiny_config, "cpu")
 
     plain = PairDataset(data.info, "train", data.input_size, data.normalization)
     logits, labels = predict_logits(teacher, make_eval_loader(plain, 8), ("rgb", "nir"), "cpu")
@@ -302,7 +302,7 @@ def test_unlabelled_pairs_take_more_draws_only_where_the_teacher_is_as_sure_of_t
     assert cap.share == (0.5 if unlike else 0.75)
     assert ("<" if unlike else ">=") in cap.describe()
     fixed = config_lib.replace(tiny_config, data={"trusted_unlabelled_share": 0.5})  # equal caps: no rule
-    assert unlabelled_cap(teacher, data, fixed, 8, "cpu") is None
+    assert unlabelled_cap(teacher, data, fixed, "cpu") is None
 
 
 @pytest.mark.parametrize("method", ["adv", "kd", "adv+kd+feat", "kd+hall"])
